@@ -1,0 +1,55 @@
+"""The one exception tree of recstream.
+
+Every error a user or operator can meet derives from :class:`RecstreamError`, so a caller can catch
+the whole family at once and the CLI can print a one-line message instead of a stack trace.
+
+>>> issubclass(EventValidationError, RecstreamError)
+True
+>>> str(EventValidationError("invalid_json", "expecting ',' at byte 12"))
+"invalid_json: expecting ',' at byte 12"
+"""
+
+from __future__ import annotations
+
+
+class RecstreamError(Exception):
+    """Root of every recstream error."""
+
+
+class ConfigError(RecstreamError):
+    """Settings are invalid (bad value, bad file). Operator action: fix recstream.toml or the env var."""
+
+
+class InfraError(RecstreamError):
+    """A local service (Kafka broker, Redis server) could not be installed, started, reached or stopped.
+
+    Operator action: read the log file named in the message.
+    """
+
+
+class KafkaError(RecstreamError):
+    """A Kafka client operation failed (topic creation, produce, offsets)."""
+
+
+class StateError(RecstreamError):
+    """Feature state in Redis is missing, corrupt, or of an incompatible layout version."""
+
+
+class InputError(RecstreamError):
+    """A user-supplied input file or argument is unusable (missing file, unknown format, bad line)."""
+
+
+class EventValidationError(RecstreamError):
+    """One event failed validation; ``reason`` is a short code used as a metric label.
+
+    Raised by the decoder only; the worker routes the message to the dead-letter topic.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class IncompatibleFilterError(RecstreamError):
+    """Two Bloom filters with different parameters or hash schemes cannot be combined."""

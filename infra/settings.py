@@ -1,0 +1,202 @@
+"""The one settings object: built-in defaults < ``recstream.toml`` < environment variables.
+
+Environment variables are ``RECSTREAM_<SECTION>_<FIELD>`` (split once after the section name), for
+example ``RECSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:9092``, ``RECSTREAM_REDIS_URL=redis://127.0.0.1:6379/0``,
+``RECSTREAM_BLOOM_FPR=0.005``. Top-level fields have no underscore (``RECSTREAM_HOME``). The TOML
+file is ``./recstream.toml`` or the path in ``RECSTREAM_CONFIG``; its tables are the sections::
+
+    [kafka]
+    partitions = 8
+    [bloom]
+    fpr = 0.01
+
+>>> s = Settings()
+>>> s.kafka.partitions, s.bloom.retention_days, s.lastn.capacity["click"]
+(8, 30, 200)
+>>> Settings(kafka={"port": 19092}).kafka.bootstrap
+'127.0.0.1:19092'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from infra.errors import ConfigError
+
+ACTIONS: tuple[str, ...] = ("click", "like", "collect", "share", "comment")
+EVENT_TYPES: tuple[str, ...] = ("impression", *ACTIONS)
+MS_PER_HOUR = 3_600_000
+MS_PER_DAY = 86_400_000
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "recstream"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """The broker recstream talks to (and, for ``infra up``, the one it starts)."""
+
+    version: str = "3.9.2"
+    host: str = "127.0.0.1"
+    port: int = Field(9092, ge=1, le=65535)
+    controller_port: int = Field(0, ge=0, le=65535, description="0 = port + 1")
+    bootstrap: str = Field("", description="empty = host:port of the local broker")
+    partitions: int = Field(8, ge=1, le=1024)
+    heap: str = "512m"
+    events_topic: str = "recstream-events"
+    items_topic: str = "recstream-items"
+    dlq_topic: str = "recstream-dlq"
+    retention_ms: int = Field(35 * MS_PER_DAY, ge=MS_PER_HOUR)
+
+    @model_validator(mode="after")
+    def _fill(self) -> KafkaSettings:
+        if not self.bootstrap:
+            object.__setattr__(self, "bootstrap", f"{self.host}:{self.port}")
+        if not self.controller_port:
+            object.__setattr__(self, "controller_port", self.port + 1)
+        return self
+
+
+class RedisSettings(_Section):
+    """The Redis server; ``url`` set means "use this existing Redis, start none"."""
+
+    url: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(6379, ge=1, le=65535)
+    db: int = Field(0, ge=0)
+    maxmemory: str = "0"
+
+    @property
+    def effective_url(self) -> str:
+        return self.url or f"redis://{self.host}:{self.port}/{self.db}"
+
+    @property
+    def managed(self) -> bool:
+        """True when recstream starts and stops this Redis itself."""
+        return not self.url
+
+
+class WorkerSettings(_Section):
+    """The Faust worker."""
+
+    app_id: str = "recstream"
+    batch_size: int = Field(500, ge=1, le=100_000)
+    batch_within_s: float = Field(0.2, gt=0, le=60)
+    metrics_port: int = Field(9108, ge=0, le=65535, description="0 = no /metrics endpoint")
+    web_port: int = Field(6066, ge=1, le=65535)
+    store: str = "memory://"
+
+
+class BloomSettings(_Section):
+    """Exposure filters: one filter per user per time slice, ORed over the retention at query time."""
+
+    fpr: float = Field(0.01, gt=0, lt=0.5, description="false-positive rate of a whole query")
+    slice_hours: int = Field(24, ge=1, le=24 * 31)
+    retention_days: int = Field(30, ge=1, le=3650)
+    slice_capacity: int = Field(200, ge=1, description="expected impressions per user per slice")
+    hash_version: int = Field(1, ge=1)
+    safety_ttl_days: int = Field(7, ge=1, description="wall-clock TTL margin beyond retention")
+
+
+class LastNSettings(_Section):
+    """Bounded per-user, per-action sequences."""
+
+    capacity: dict[str, int] = Field(
+        default_factory=lambda: {"click": 200, "like": 100, "collect": 100, "share": 50, "comment": 50}
+    )
+    impressions: int = Field(0, ge=0, description="capacity of the impression sequence; 0 = off")
+
+    @model_validator(mode="after")
+    def _check(self) -> LastNSettings:
+        unknown = set(self.capacity) - set(ACTIONS)
+        if unknown:
+            msg = f"lastn.capacity has unknown actions {sorted(unknown)}; known: {list(ACTIONS)}"
+            raise ValueError(msg)
+        if any(v < 1 or v > 100_000 for v in self.capacity.values()):
+            msg = "lastn.capacity values must be between 1 and 100000"
+            raise ValueError(msg)
+        return self
+
+
+class StatsSettings(_Section):
+    """Windowed statistics answered from shared tiles."""
+
+    windows: dict[str, str] = Field(
+        default_factory=lambda: {"1h": "5m", "1d": "1h", "7d": "1d", "30d": "1d"},
+        description="window -> the tile size it is answered from",
+    )
+    allowed_lateness_ms: int = Field(MS_PER_HOUR, ge=0)
+    dedup_horizon_ms: int = Field(MS_PER_DAY, ge=0)
+    prior_strength: float = Field(20.0, ge=0, description="pseudo-count of the Bayesian prior")
+    prior_rates: dict[str, float] = Field(
+        default_factory=lambda: {"ctr": 0.04, "like_rate": 0.1, "collect_rate": 0.05,
+                                 "share_rate": 0.02, "comment_rate": 0.02}
+    )
+
+
+class Settings(BaseSettings):
+    """Everything configurable in recstream, in one frozen object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSTREAM_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        frozen=True,
+        extra="forbid",
+    )
+
+    home: Path = Field(default_factory=_default_home, description="state, logs, jars, pid files")
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    worker: WorkerSettings = WorkerSettings()
+    bloom: BloomSettings = BloomSettings()
+    lastn: LastNSettings = LastNSettings()
+    stats: StatsSettings = StatsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("RECSTREAM_CONFIG", "recstream.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation problems into one readable :class:`ConfigError`.
+
+    >>> load_settings(bloom={"fpr": 2})
+    Traceback (most recent call last):
+    ...
+    infra.errors.ConfigError: invalid settings: bloom.fpr: Input should be less than 0.5
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        msg = f"invalid settings: {problems}"
+        raise ConfigError(msg) from None
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read settings: {exc}"
+        raise ConfigError(msg) from None
