@@ -1,0 +1,99 @@
+"""Every Prometheus collector of recstream, in one module (names are the SRE contract: docs/metrics.md).
+
+Collectors are module-level and labelled; processes expose them with :func:`serve`.
+
+>>> EVENTS_PROCESSED.labels(type="click").inc()
+>>> b"recstream_events_processed_total" in render()
+True
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+# --- ingest / worker -------------------------------------------------------------------------------
+EVENTS_PROCESSED = Counter(
+    "recstream_events_processed", "Valid events processed by the worker", ["type"]
+)
+EVENTS_INVALID = Counter(
+    "recstream_events_invalid", "Messages sent to the dead-letter topic", ["reason"]
+)
+BATCH_SIZE = Histogram(
+    "recstream_batch_size", "Messages per processed batch", ["agent"],
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+PROCESSING_SECONDS = Histogram(
+    "recstream_batch_processing_seconds", "Wall time to process one batch", ["agent"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EVENT_TIME_LAG = Gauge(
+    "recstream_event_time_lag_seconds", "Now minus the newest event ts seen, per partition",
+    ["topic", "partition"],
+)
+FRESHNESS_SECONDS = Histogram(
+    "recstream_event_to_feature_seconds", "Wall time from event ts to its features being written",
+    ["agent"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+REPLAYED_SKIPPED = Counter(
+    "recstream_replayed_events_skipped", "Events skipped by the replay guard (already applied)", ["stage"]
+)
+DUPLICATES_DROPPED = Counter(
+    "recstream_duplicate_events_dropped", "Duplicate deliveries of one event_id dropped", ["stage"]
+)
+LATE_DROPPED = Counter(
+    "recstream_late_events_dropped", "Events older than the watermark, left out of statistics", ["stage"]
+)
+
+# --- exposure filters ------------------------------------------------------------------------------
+BLOOM_ADDS = Counter("recstream_bloom_adds", "Impressions added to exposure filters")
+BLOOM_CHECKS = Counter("recstream_bloom_checks", "Candidates checked against exposure filters")
+BLOOM_FILTERED = Counter("recstream_bloom_filtered", "Candidates reported as seen and filtered out")
+BLOOM_SLICES_PER_USER = Histogram(
+    "recstream_bloom_slices_per_user", "Live (sub-)slices read per filter query",
+    buckets=(1, 2, 5, 10, 20, 31, 40, 60, 100),
+)
+BLOOM_BYTES_PER_USER = Histogram(
+    "recstream_bloom_bytes_per_user", "Bytes of live filter bits read per query",
+    buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576),
+)
+BLOOM_ESTIMATED_FPR = Histogram(
+    "recstream_bloom_estimated_fpr", "Per-query FPR estimated from the fill ratio of the live slices",
+    buckets=(1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+
+# --- last-N sequences ------------------------------------------------------------------------------
+SEQ_APPENDED = Counter("recstream_sequence_entries_appended", "Entries added to last-N sequences", ["action"])
+SEQ_LATE_INSERTS = Counter(
+    "recstream_sequence_late_inserts", "Entries inserted behind the newest entry (out of order)", ["action"]
+)
+SEQ_LENGTH = Histogram(
+    "recstream_sequence_length", "Sequence length after an update", ["action"],
+    buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
+)
+
+# --- windowed statistics ---------------------------------------------------------------------------
+TILE_UPDATES = Counter("recstream_tile_updates", "Tile counter increments", ["kind"])
+
+# --- serving ---------------------------------------------------------------------------------------
+SERVING_SECONDS = Histogram(
+    "recstream_serving_seconds", "FeatureClient call latency", ["method"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+
+
+def render() -> bytes:
+    """The current exposition text of every collector (what ``/metrics`` serves)."""
+    return generate_latest(REGISTRY)
+
+
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose ``/metrics`` on ``addr:port`` from a background thread; port 0 means no endpoint."""
+    if port:
+        start_http_server(port, addr=addr)
