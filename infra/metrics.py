@@ -51,6 +51,10 @@ LATE_DROPPED = Counter(
     "recstream_late_events_dropped", "Events older than the watermark, left out of statistics", ["stage"]
 )
 
+REDIS_RETRIES = Counter(
+    "recstream_redis_retries", "Batches retried because Redis was unreachable", ["agent"]
+)
+
 # --- exposure filters ------------------------------------------------------------------------------
 BLOOM_ADDS = Counter("recstream_bloom_adds", "Impressions added to exposure filters")
 BLOOM_CHECKS = Counter("recstream_bloom_checks", "Candidates checked against exposure filters")

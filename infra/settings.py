@@ -19,6 +19,7 @@ file is ``./recstream.toml`` or the path in ``RECSTREAM_CONFIG``; its tables are
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,12 @@ class KafkaSettings(_Section):
     items_topic: str = "recstream-items"
     dlq_topic: str = "recstream-dlq"
     retention_ms: int = Field(35 * MS_PER_DAY, ge=MS_PER_HOUR)
+    by_item_topic: str = Field("recstream-by-item", description="repartition topic keyed by item_id")
+    by_author_topic: str = Field("recstream-by-author", description="repartition topic keyed by author_id")
+    jars_dir: str = Field(
+        "", description="broker jar cache; empty = $XDG_CACHE_HOME/recstream/kafka-<version>/libs"
+    )
+    start_timeout_s: float = Field(90.0, gt=0, le=3600, description="broker readiness timeout")
 
     @model_validator(mode="after")
     def _fill(self) -> KafkaSettings:
@@ -200,3 +207,19 @@ def load_settings(**overrides: Any) -> Settings:
     except (OSError, ValueError) as exc:
         msg = f"cannot read settings: {exc}"
         raise ConfigError(msg) from None
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that rebuild exactly these settings in a child process.
+
+    >>> env = to_env(Settings(kafka={"port": 19092}))
+    >>> env["RECSTREAM_KAFKA_PORT"], Settings(**{}).kafka.port
+    ('19092', 9092)
+    """
+    env = {"RECSTREAM_HOME": str(settings.home)}
+    for section, values in settings.model_dump(mode="json", exclude={"home"}).items():
+        for name, value in values.items():
+            env[f"RECSTREAM_{section.upper()}_{name.upper()}"] = (
+                value if isinstance(value, str) else json.dumps(value)
+            )
+    return env

@@ -1,0 +1,98 @@
+"""The ``recstream`` command line: infra, worker, produce, generate, lag, features, demo, bench.
+
+Every command turns a :class:`~infra.errors.RecstreamError` into ``error: <message>`` on stderr and a
+non-zero exit code — never a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from infra.errors import RecstreamError
+from infra.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Decorator: report project errors as one line and exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RecstreamError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_from_context(ctx: click.Context) -> Settings:
+    """The settings object shared by all sub-commands (loaded once, errors reported cleanly)."""
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings()
+        except RecstreamError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+    settings: Settings = obj["settings"]
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="recstream")
+def main() -> None:
+    """recstream: real-time recommender features from Kafka, served from Redis."""
+
+
+@main.command()
+@click.option("--loglevel", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+@friendly_errors
+def worker(ctx: click.Context, loglevel: str) -> None:
+    """Run the Faust worker (all agents) in the foreground until Ctrl-C / SIGTERM."""
+    from stream.app import run_worker
+
+    run_worker(settings_from_context(ctx), loglevel=loglevel)
+
+
+@main.command()
+@click.option("--until-caught-up", is_flag=True, help="Wait until everything produced so far is consumed.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait with --until-caught-up.")
+@click.option("--quiet", is_flag=True, help="Print only the total.")
+@click.pass_context
+@friendly_errors
+def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool) -> None:
+    """Committed vs end offsets of the worker's consumer group, per partition."""
+    from stream.lag import LagProbe, format_rows
+
+    probe = LagProbe(settings_from_context(ctx))
+    rows = probe.wait_until_caught_up(timeout) if until_caught_up else probe.read()
+    text = format_rows(rows)
+    click.echo(text.splitlines()[-1] if quiet else text)
+
+
+def _register() -> None:
+    from infra.infra_cli import infra
+    from stream.data_cli import generate, produce
+
+    main.add_command(infra)
+    main.add_command(produce)
+    main.add_command(generate)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

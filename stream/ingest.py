@@ -1,0 +1,215 @@
+"""The processing stages, independent of Faust: a batch of Kafka records in, Redis writes and outputs out.
+
+:class:`IngestStage` handles the user-keyed events topic: decode and validate (invalid → dead letter),
+event-time clocks, item-metadata enrichment, exposure filters, last-N sequences and user statistics,
+and the first deliveries to forward to the item- and author-keyed repartition topics.
+:class:`EntityStage` applies forwarded deliveries to item or author statistics, and
+:class:`ItemMetaStage` stores item metadata. The Faust agents in :mod:`stream.app` are thin adapters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import redis
+
+from filters.store import ExposureWriter
+from infra import metrics
+from infra.errors import EventValidationError
+from infra.settings import Settings
+from serving import keys
+from stream.deliveries import Delivery, ForwardedDelivery, decode_forwarded, encode_forwarded
+from stream.events import Event, decode_event, decode_item
+from stream.watermarks import WatermarkStore
+from stream.writers import EntityStatsWriter, UserStateWriter
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An invalid message with the reason it was rejected, bound for the dead-letter topic."""
+
+    record: Record
+    reason: str
+    detail: str
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers carrying the reason and the source coordinates."""
+        return [
+            ("reason", self.reason.encode()),
+            ("detail", self.detail[:1000].encode()),
+            ("source_topic", self.record.topic.encode()),
+            ("source_partition", str(self.record.partition).encode()),
+            ("source_offset", str(self.record.offset).encode()),
+        ]
+
+
+@dataclass
+class StageOutput:
+    """What a stage wants sent to Kafka after its Redis writes succeeded."""
+
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    by_item: list[tuple[bytes, bytes]] = field(default_factory=list)
+    by_author: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def _decode_valid(records: Sequence[Record], out: StageOutput) -> list[tuple[Record, Event]]:
+    valid: list[tuple[Record, Event]] = []
+    for rec in records:
+        try:
+            valid.append((rec, decode_event(rec.value)))
+        except EventValidationError as exc:
+            out.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail))
+            metrics.EVENTS_INVALID.labels(reason=exc.reason).inc()
+    return valid
+
+
+class IngestStage:
+    """User-keyed stage over the events topic (see module docstring)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._redis = client
+        self._settings = settings
+        self._clocks = WatermarkStore(
+            client, settings.worker.app_id, settings.kafka.events_topic, settings.stats.allowed_lateness_ms
+        )
+        self._exposures = ExposureWriter(client, settings)
+        self._users = UserStateWriter(client, settings)
+
+    def process(self, records: Sequence[Record]) -> StageOutput:
+        """Apply one batch (any mix of partitions, each in offset order) and return what to send."""
+        out = StageOutput()
+        valid = _decode_valid(records, out)
+        if not valid:
+            return out
+        clocks = self._clocks.load(rec.partition for rec, _ in valid)
+        meta = self._item_meta(ev for _, ev in valid if ev.category is None or ev.author_id is None)
+        by_partition: dict[int, list[Delivery]] = defaultdict(list)
+        impressions: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for rec, ev in valid:
+            late = clocks[rec.partition].observe(ev.ts, rec.offset)
+            category, author = ev.category, ev.author_id
+            if category is None or author is None:
+                known = meta.get(ev.item_id, (None, None))
+                category = category if category is not None else known[0]
+                author = author if author is not None else known[1]
+            by_partition[rec.partition].append(Delivery(rec.offset, ev, late, category, author))
+            if ev.type == "impression":
+                impressions[ev.user_id].append((ev.item_id, ev.ts))
+        watermark = min(c.watermark for c in clocks.values())
+        if impressions:
+            metrics.BLOOM_ADDS.inc(self._exposures.add(impressions, watermark))
+        for partition, deliveries in by_partition.items():
+            result = self._users.write(partition, deliveries)
+            for d in result.first_deliveries:
+                fwd = encode_forwarded(ForwardedDelivery(
+                    partition, d.offset, d.event, d.stats_late, d.category, d.author_id
+                ))
+                out.by_item.append((d.event.item_id.encode(), fwd))
+                if d.author_id is not None:
+                    out.by_author.append((d.author_id.encode(), fwd))
+            _count_user_result(result)
+        self._clocks.save(clocks)
+        _observe_processed(ev for _, ev in valid)
+        return out
+
+    def _item_meta(self, events: object) -> dict[str, tuple[str | None, str | None]]:
+        items = sorted({ev.item_id for ev in events})  # type: ignore[attr-defined]
+        if not items:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for item in items:
+            pipe.hmget(keys.item_meta(item), "category", "author_id")
+        found: dict[str, tuple[str | None, str | None]] = {}
+        for item, (category, author) in zip(items, pipe.execute(), strict=True):
+            if category is not None or author is not None:
+                found[item] = (
+                    None if category is None else category.decode(),
+                    None if author is None else author.decode(),
+                )
+        return found
+
+
+def _count_user_result(result: object) -> None:
+    metrics.REPLAYED_SKIPPED.labels(stage="user").inc(getattr(result, "replayed", 0))
+    metrics.DUPLICATES_DROPPED.labels(stage="user").inc(getattr(result, "duplicates", 0))
+    metrics.LATE_DROPPED.labels(stage="user").inc(getattr(result, "late", 0))
+
+
+def _observe_processed(events: object) -> None:
+    now_ms = time.time() * 1000
+    counts: dict[str, int] = defaultdict(int)
+    newest = 0
+    for ev in events:  # type: ignore[attr-defined]
+        counts[ev.type] += 1
+        newest = max(newest, ev.ts)
+    for etype, n in counts.items():
+        metrics.EVENTS_PROCESSED.labels(type=etype).inc(n)
+    if newest and now_ms >= newest:
+        metrics.FRESHNESS_SECONDS.labels(agent="ingest").observe((now_ms - newest) / 1000)
+
+
+class EntityStage:
+    """Item- or author-keyed stage over a repartition topic."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, kind: Literal["item", "author"]) -> None:
+        self._kind: Literal["item", "author"] = kind
+        self._writer = EntityStatsWriter(client, settings)
+
+    def process(self, records: Sequence[Record]) -> StageOutput:
+        """Apply one batch of forwarded deliveries to this stage's entity statistics."""
+        out = StageOutput()
+        deliveries: list[ForwardedDelivery] = []
+        for rec in records:
+            try:
+                deliveries.append(decode_forwarded(rec.value))
+            except EventValidationError as exc:
+                out.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail))
+                metrics.EVENTS_INVALID.labels(reason=exc.reason).inc()
+        if deliveries:
+            self._writer.write(self._kind, deliveries)
+        return out
+
+
+class ItemMetaStage:
+    """Stores item metadata (category, author, publish time) for enrichment; HSET is idempotent."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def process(self, records: Sequence[Record]) -> StageOutput:
+        """Validate and store one batch of item-metadata records."""
+        out = StageOutput()
+        pipe = self._redis.pipeline(transaction=False)
+        for rec in records:
+            try:
+                item = decode_item(rec.value)
+            except EventValidationError as exc:
+                out.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail))
+                metrics.EVENTS_INVALID.labels(reason=exc.reason).inc()
+                continue
+            fields = {
+                name: str(value)
+                for name, value in (
+                    ("category", item.category), ("author_id", item.author_id), ("publish_ts", item.publish_ts)
+                )
+                if value is not None
+            }
+            if fields:
+                pipe.hset(keys.item_meta(item.item_id), mapping=fields)
+        pipe.execute()
+        return out

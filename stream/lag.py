@@ -1,0 +1,123 @@
+"""Consumer lag: committed vs end offsets per consumer group and partition (``recstream lag``).
+
+The pure part decides what "caught up" means; the adapter asks the broker with the confluent AdminClient.
+A partition never committed counts as committed at 0 (Faust starts from ``earliest``).
+
+>>> rows = lag_rows({("t", 0): 5, ("t", 1): None}, {("t", 0): 7, ("t", 1): 0}, "g")
+>>> [(r.partition, r.committed, r.end, r.lag) for r in rows]
+[(0, 5, 7, 2), (1, 0, 0, 0)]
+>>> caught_up(rows, {("t", 0): 5}), caught_up(rows, {("t", 0): 7})
+(True, False)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from infra.errors import KafkaError
+from infra.settings import Settings
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class LagRow:
+    """Lag of one consumer group on one partition."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - self.committed)
+
+
+def lag_rows(committed: Mapping[TP, int | None], ends: Mapping[TP, int], group: str) -> list[LagRow]:
+    """Join committed and end offsets into rows, sorted by topic and partition."""
+    return [
+        LagRow(group, topic, p, committed.get((topic, p)) or 0, end)
+        for (topic, p), end in sorted(ends.items())
+    ]
+
+
+def caught_up(rows: list[LagRow], targets: Mapping[TP, int]) -> bool:
+    """True when every partition's committed offset reached its target (default: its current end)."""
+    return all(r.committed >= targets.get((r.topic, r.partition), r.end) for r in rows)
+
+
+class LagProbe:
+    """Reads committed and end offsets of the app's consumer group from the broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        kafka = settings.kafka
+        self.group = settings.worker.app_id
+        self.source_topics = [kafka.events_topic, kafka.items_topic]
+        self.internal_topics = [kafka.by_item_topic, kafka.by_author_topic]
+        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4"})
+
+    def _partitions(self, timeout: float) -> list[TopicPartition]:
+        try:
+            meta = self._admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            msg = f"cannot reach Kafka to read lag: {exc}"
+            raise KafkaError(msg) from None
+        tps = []
+        for topic in self.source_topics + self.internal_topics:
+            if topic not in meta.topics:
+                msg = f"topic {topic!r} does not exist; run `recstream infra up` first"
+                raise KafkaError(msg)
+            tps.extend(TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions))
+        return tps
+
+    def read(self, timeout: float = 10.0) -> list[LagRow]:
+        """One snapshot of the group's lag on every partition of the app's topics."""
+        tps = self._partitions(timeout)
+        try:
+            ends_f = self._admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
+            ends = {(tp.topic, tp.partition): f.result().offset for tp, f in ends_f.items()}
+            req = [ConsumerGroupTopicPartitions(self.group, tps)]
+            result = self._admin.list_consumer_group_offsets(req, request_timeout=timeout)[self.group].result()
+        except KafkaException as exc:
+            msg = f"cannot read offsets of group {self.group!r}: {exc}"
+            raise KafkaError(msg) from None
+        committed = {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions}
+        return lag_rows(committed, ends, self.group)
+
+    def wait_until_caught_up(self, timeout_s: float, poll_s: float = 0.5) -> list[LagRow]:
+        """Block until everything produced to the source topics so far is consumed, including what the
+        worker forwards to its repartition topics meanwhile; raises :class:`KafkaError` on timeout."""
+        deadline = time.monotonic() + timeout_s
+        first = self.read()
+        targets = {(r.topic, r.partition): r.end for r in first if r.topic in self.source_topics}
+        stable = 0
+        rows = first
+        while True:
+            if caught_up(rows, targets):
+                stable += 1
+                if stable >= 2:  # the repartition ends are re-read after the sources caught up
+                    return rows
+            else:
+                stable = 0
+            if time.monotonic() > deadline:
+                behind = sum(r.lag for r in rows)
+                msg = f"not caught up after {timeout_s:.0f} s: {behind} messages still behind"
+                raise KafkaError(msg)
+            time.sleep(poll_s)
+            rows = self.read()
+
+
+def format_rows(rows: list[LagRow]) -> str:
+    """A plain-text table of lag rows, one line per partition with lag, plus a total."""
+    lines = [f"{'group':<14} {'topic':<24} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}"]
+    for r in rows:
+        lines.append(f"{r.group:<14} {r.topic:<24} {r.partition:>4} {r.committed:>10} {r.end:>10} {r.lag:>8}")
+    lines.append(f"total lag: {sum(r.lag for r in rows)}")
+    return "\n".join(lines)
