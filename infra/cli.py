@@ -83,6 +83,38 @@ def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool) 
     click.echo(text.splitlines()[-1] if quiet else text)
 
 
+@main.command()
+@click.option("--users", default=2000, show_default=True)
+@click.option("--items", default=5000, show_default=True)
+@click.option("--days", default=3, show_default=True)
+@click.option("--events", default=100_000, show_default=True, help="Approximate number of events.")
+@click.pass_context
+@friendly_errors
+def demo(ctx: click.Context, users: int, items: int, days: int, events: int) -> None:
+    """Run everything end to end on this machine, print what flowed, stop cleanly."""
+    from infra.demo import run_demo
+
+    run_demo(settings_from_context(ctx), users=users, items=items, days=days, events=events)
+
+
+BENCHMARKS = {
+    "ingest": "bench.ingest_bench",
+    "bloom": "bench.bloom_bench",
+    "reads": "bench.reads_bench",
+}
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("name", type=click.Choice(sorted(BENCHMARKS)))
+@click.pass_context
+@friendly_errors
+def bench(ctx: click.Context, name: str) -> None:
+    """Run a benchmark (extra options go to it; see `recstream bench NAME --help`)."""
+    import importlib
+
+    importlib.import_module(BENCHMARKS[name]).main(ctx.args)
+
+
 def _register() -> None:
     from infra.infra_cli import infra
     from stream.data_cli import generate, produce

@@ -84,7 +84,7 @@ class RedisSettings(_Section):
 
     url: str = ""
     host: str = "127.0.0.1"
-    port: int = Field(6379, ge=1, le=65535)
+    port: int = Field(6479, ge=1, le=65535, description="not 6379: a system Redis often has it")
     db: int = Field(0, ge=0)
     maxmemory: str = "0"
 

@@ -13,7 +13,7 @@ from infra.settings import Settings, load_settings, to_env
 def test_defaults() -> None:
     s = Settings()
     assert s.kafka.bootstrap == "127.0.0.1:9092"
-    assert s.redis.effective_url == "redis://127.0.0.1:6379/0" and s.redis.managed
+    assert s.redis.effective_url == "redis://127.0.0.1:6479/0" and s.redis.managed
 
 
 def test_toml_then_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,36 @@
+# recstream developer commands. Every target that runs code bootstraps first (idempotent, ~1 s when
+# nothing is missing): apt packages, .venv, pip install -e ".[dev,bench]", Kafka jars.
+
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: bootstrap demo test lint bench clean
+
+bootstrap:
+	@VENV=$(VENV) bash infra/bootstrap.sh
+
+## demo: start Kafka + Redis, run the end-to-end demo
+demo: bootstrap
+	$(VENV)/bin/recstream demo
+
+## test: the whole suite (unit, doctests, integration against a private Kafka + Redis)
+test: bootstrap
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 0 ]; then echo "make test: PASSED (all tests green)"; \
+	else echo "make test: FAILED (pytest exit code $$rc; see the summary above)"; fi; exit $$rc
+
+## lint: ruff + mypy
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+## bench: ingest throughput benchmark (results in bench/results)
+bench: bootstrap
+	$(PY) -m bench.ingest_bench $(BENCH_ARGS)
+
+## clean: caches and build artefacts (keeps .venv, the jar cache and data homes)
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist bench/results/*.tmp
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,66 @@
+"""Shared benchmark plumbing: a private Kafka + Redis pair, percentiles, JSON + markdown output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from infra import services
+from infra.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def private_services(partitions: int = 8) -> Iterator[Settings]:
+    """A Kafka broker and a Redis server of the benchmark's own, on free ports, torn down afterwards."""
+    with tempfile.TemporaryDirectory(prefix="recstream-bench-") as home:
+        kport, rport = free_port(), free_port()
+        settings = Settings(
+            home=Path(home),
+            kafka={"port": kport, "controller_port": free_port(), "partitions": partitions},
+            redis={"port": rport},
+            worker={"metrics_port": 0},
+        )
+        with services.running(settings):
+            yield settings
+
+
+def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50 / p99 / mean in microseconds."""
+    ordered = sorted(samples_s)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6  # noqa: E731
+    return {"p50_us": pick(0.50), "p99_us": pick(0.99), "mean_us": statistics.fmean(ordered) * 1e6}
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def write_results(out_dir: Path, name: str, results: dict[str, Any], table: list[list[str]]) -> Path:
+    """Write ``<name>.json`` and ``<name>.md`` (a markdown table: first row is the header)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine(), **results}
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    header, *rows = table
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    md = f"# {name}\n\n{results['when']}, {results['machine']['cpus']} CPUs, Python {results['machine']['python']}\n\n"
+    (out_dir / f"{name}.md").write_text(md + "\n".join(lines) + "\n")
+    return out_dir / f"{name}.md"

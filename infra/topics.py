@@ -1,0 +1,116 @@
+"""Create recstream's Kafka topics up front (the broker runs with ``auto.create.topics.enable=false``).
+
+>>> [(s.name, s.config) for s in topic_specs(Settings())][:3]
+[('recstream-events', {}), ('recstream-dlq', {}), ('recstream-items', {'cleanup.policy': 'compact'})]
+>>> [s.name for s in topic_specs(Settings())][3:]
+['recstream-by-item', 'recstream-by-author']
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra.errors import KafkaError
+from infra.settings import Settings
+
+_log = logging.getLogger("recstream.infra.topics")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic recstream needs: name, partition count, topic-level configs."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic recstream uses, all with ``kafka.partitions`` partitions (pure)."""
+    k = settings.kafka
+    p = k.partitions
+    return [
+        TopicSpec(k.events_topic, p),
+        TopicSpec(k.dlq_topic, p),
+        TopicSpec(k.items_topic, p, {"cleanup.policy": "compact"}),
+        TopicSpec(k.by_item_topic, p),
+        TopicSpec(k.by_author_topic, p),
+    ]
+
+
+def admin_client(settings: Settings) -> Any:
+    """A confluent-kafka AdminClient for ``settings.kafka.bootstrap`` (IPv4 only, logs to logging)."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap, "broker.address.family": "v4"},
+                       logger=logging.getLogger("recstream.infra.kafka.admin"))
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create the missing topics (existing ones are fine) and wait until every partition has a leader.
+
+    Returns the names of the topics it created. Raises KafkaError when creation fails, when an
+    existing topic has a different partition count than the settings, or on timeout.
+    """
+    from confluent_kafka import KafkaError as CKafkaError
+    from confluent_kafka import KafkaException
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = admin_client(settings)
+    specs = topic_specs(settings)
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        msg = f"cannot reach Kafka at {settings.kafka.bootstrap} to create topics: {exc}"
+        raise KafkaError(msg) from None
+    missing = [s for s in specs if s.name not in existing]
+    created: list[str] = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config)
+             for s in missing],
+            operation_timeout=timeout, request_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                created.append(name)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if getattr(err, "code", lambda: None)() == CKafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                msg = f"cannot create Kafka topic {name!r} on {settings.kafka.bootstrap}: {exc}"
+                raise KafkaError(msg) from None
+    _wait_for_leaders(admin, settings, specs, timeout)
+    if created:
+        _log.info("created topics %s", created)
+    return created
+
+
+def _wait_for_leaders(admin: Any, settings: Settings, specs: list[TopicSpec], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending: list[str] = []
+    while True:
+        topics = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
+        pending = []
+        for spec in specs:
+            meta = topics.get(spec.name)
+            if meta is None or meta.error is not None:
+                pending.append(spec.name)
+                continue
+            if len(meta.partitions) != spec.partitions:
+                msg = (f"Kafka topic {spec.name!r} has {len(meta.partitions)} partitions but "
+                       f"kafka.partitions is {spec.partitions}; use the matching setting, or delete the "
+                       f"topic (or the data home {settings.home}) to recreate it")
+                raise KafkaError(msg)
+            if any(p.leader < 0 for p in meta.partitions.values()):
+                pending.append(spec.name)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            msg = f"Kafka topics {pending} have partitions without a leader after {timeout:.0f}s"
+            raise KafkaError(msg)
+        time.sleep(0.1)
