@@ -109,10 +109,16 @@ def jars_dir(kafka: KafkaSettings) -> Path:
 def new_cluster_id() -> str:
     """A KRaft cluster id: a type-4 UUID, URL-safe base64 without padding (what StorageTool makes).
 
-    >>> len(new_cluster_id())
-    22
+    Ids starting with ``-`` are drawn again: StorageTool would parse them as an option.
+
+    >>> ids = [new_cluster_id() for _ in range(500)]
+    >>> {len(i) for i in ids}, any(i.startswith("-") for i in ids)
+    ({22}, False)
     """
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def render_server_properties(kafka: KafkaSettings, data_dir: Path) -> str:
