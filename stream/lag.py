@@ -88,7 +88,9 @@ class LagProbe:
         except KafkaException as exc:
             msg = f"cannot read offsets of group {self.group!r}: {exc}"
             raise KafkaError(msg) from None
-        committed = {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions}
+        committed = {
+            (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions
+        }
         return lag_rows(committed, ends, self.group)
 
     def wait_until_caught_up(self, timeout_s: float, poll_s: float = 0.5) -> list[LagRow]:

@@ -1,0 +1,171 @@
+"""Redis adapters of the exposure filters: the batch writer the Faust agent calls, and shared helpers.
+
+One Lua call per user per batch (``exposure_add.lua``), all users of a batch in one pipeline; the script
+is loaded once (``SCRIPT LOAD``) and called with ``EVALSHA``; a ``NOSCRIPT`` reply (Redis restarted or
+flushed its script cache) reloads it and re-runs only the affected calls, which is safe because the
+script is idempotent (SETBIT, and an item counts as added only if a bit flipped).
+
+Event time only: slice membership comes from each impression's ``ts``, expiry from the ``watermark_ms``
+the caller passes (the partition watermark). The wall clock is used for one thing, the safety TTL
+``retention + slice length + safety_ttl_days`` set on every key written, which therefore can never delete
+a slice still inside the retention of the stream being (re)played.
+
+>>> slice_key_prefix("u1", 1)
+'rs1:{u:u1}:bf1:'
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+
+from filters.bloom import item_hashes
+from filters.slices import SlicePlan
+from infra.errors import InputError, StateError
+from infra.settings import MS_PER_DAY, Settings
+from serving import keys
+
+
+def slice_key_prefix(user_id: str, hash_version: int) -> str:
+    """Prefix P with ``keys.bloom_slice(user, v, start, sub) == P + f"{start}:{sub}"`` (used by the Lua)."""
+    probe = keys.bloom_slice(user_id, hash_version, 0, 0)
+    if not probe.endswith(":0:0"):
+        msg = f"unexpected bloom slice key layout {probe!r}"
+        raise StateError(msg)
+    return probe[: -len("0:0")]
+
+
+def check_user(user_id: object) -> str:
+    """Return ``user_id`` if it is a non-empty str, else raise :class:`InputError`.
+
+    >>> check_user("")
+    Traceback (most recent call last):
+    ...
+    infra.errors.InputError: user_id must be a non-empty str, got ''
+    """
+    if not isinstance(user_id, str) or not user_id:
+        msg = f"user_id must be a non-empty str, got {user_id!r}"
+        raise InputError(msg)
+    return user_id
+
+
+class LuaScript:
+    """A packaged Lua script called by SHA, reloaded on NOSCRIPT."""
+
+    def __init__(self, client: redis.Redis, filename: str) -> None:
+        self.client = client
+        self.source = resources.files("filters").joinpath(filename).read_text(encoding="utf-8")
+        self.sha: str = client.script_load(self.source)
+
+    def reload(self) -> None:
+        self.sha = self.client.script_load(self.source)
+
+    def __call__(self, keys_: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self.client.evalsha(self.sha, len(keys_), *keys_, *args)
+        except redis.exceptions.NoScriptError:
+            self.reload()
+            return self.client.evalsha(self.sha, len(keys_), *keys_, *args)
+
+
+class ExposureWriter:
+    """Adds impressions to the users' time-sliced exposure filters (one Lua call per user per batch).
+
+    Usage from the ingest agent, once per batch, after the batch's watermark is known::
+
+        writer = ExposureWriter(redis.Redis.from_url(settings.redis.effective_url), settings)
+        writer.add({"u1": [("i1", ts1), ("i2", ts2)]}, watermark_ms=partition_watermark)
+    """
+
+    def __init__(self, redis_client: redis.Redis, settings: Settings) -> None:
+        """Load the add script into ``redis`` (one round trip). ``settings.bloom`` fixes the sizes."""
+        self.redis = redis_client
+        self.bloom = settings.bloom
+        self.plan = SlicePlan.from_settings(settings.bloom)
+        self.script = LuaScript(redis_client, "exposure_add.lua")
+        self._table = ";".join(p.encode() for p in self.plan.table)
+        self._ttl_s = (
+            self.plan.retention_ms + self.plan.slice_ms + self.bloom.safety_ttl_days * MS_PER_DAY
+        ) // 1000
+        self.deleted_slices = 0
+
+    def add(self, impressions: Mapping[str, Sequence[tuple[str, int]]], watermark_ms: int) -> int:
+        """Add ``user_id -> [(item_id, ts_ms), ...]``; returns how many impressions were new.
+
+        Impressions whose slice is already out of retention (``slice end ≤ watermark − R``) are skipped.
+        Replays of the same impressions return 0 and leave the bitmaps unchanged. The caller counts
+        the result into ``recstream_bloom_adds`` (stream/ingest.py does).
+        """
+        if not isinstance(watermark_ms, int):
+            msg = f"watermark_ms must be an int (epoch ms), got {watermark_ms!r}"
+            raise InputError(msg)
+        plan, version = self.plan, self.bloom.hash_version
+        horizon = watermark_ms - plan.retention_ms
+        users: list[str] = []
+        items: list[str] = []
+        starts: list[int] = []
+        bounds: list[int] = [0]
+        for user_id, pairs in impressions.items():
+            check_user(user_id)
+            for pair in pairs:
+                try:
+                    item_id, ts = pair
+                except (TypeError, ValueError):
+                    msg = f"impressions must be (item_id, ts_ms) pairs, got {pair!r} for user {user_id!r}"
+                    raise InputError(msg) from None
+                if not isinstance(item_id, str):
+                    msg = f"impression item ids must be str, got {item_id!r} for user {user_id!r}"
+                    raise InputError(msg)
+                if not isinstance(ts, int) or isinstance(ts, bool):
+                    msg = f"impression ts must be an int (epoch ms), got {ts!r} for user {user_id!r}"
+                    raise InputError(msg)
+                start = ts - ts % plan.slice_ms
+                if start + plan.slice_ms > horizon:
+                    items.append(item_id)
+                    starts.append(start)
+            users.append(user_id)
+            bounds.append(len(items))
+        if not items:
+            return 0
+        h1l, h2l, h3l = item_hashes(items, version).tolist()
+        calls: list[tuple[list[str], list[Any]]] = []
+        for u, user_id in enumerate(users):
+            lo, hi = bounds[u], bounds[u + 1]
+            if lo == hi:
+                continue
+            args: list[Any] = [
+                slice_key_prefix(user_id, version), watermark_ms, plan.retention_ms, plan.slice_ms,
+                self._ttl_s, self._table,
+            ]
+            quads = zip(starts[lo:hi], h1l[lo:hi], h2l[lo:hi], h3l[lo:hi], strict=True)
+            args.extend(itertools.chain.from_iterable(quads))
+            calls.append(([keys.bloom_index(user_id, version)], args))
+        return self._run(calls)
+
+    def _run(self, calls: list[tuple[list[str], list[Any]]]) -> int:
+        added = 0
+        pending = calls
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for keys_, args in pending:
+                pipe.evalsha(self.script.sha, len(keys_), *keys_, *args)
+            results = pipe.execute(raise_on_error=False)
+            retry = []
+            for call, res in zip(pending, results, strict=True):
+                if isinstance(res, redis.exceptions.NoScriptError) and attempt == 0:
+                    retry.append(call)
+                elif isinstance(res, Exception):
+                    msg = f"exposure filter update failed for {call[0][0]}: {res}"
+                    raise StateError(msg) from res
+                else:
+                    added += int(res[0])
+                    self.deleted_slices += int(res[1])
+            if not retry:
+                break
+            self.script.reload()
+            pending = retry
+        return added

@@ -1,0 +1,172 @@
+"""Read path of the exposure filters: ``filter_unseen`` and ``seen`` for one user and many candidates.
+
+One Redis round trip per call: the read-only script ``filters/exposure_read.lua`` returns the bitmaps of
+every live (sub-)slice with their stored parameters; the membership test then runs vectorised in numpy
+(one MurmurHash3 call per candidate, the bitmaps bit-transposed so one word covers up to 64 slices).
+
+A slice is live at ``at`` (epoch ms, default now) iff ``start ≤ at`` and ``end > at − retention``: an
+exposure is reported seen for at least ``retention_days`` after it happened and forgotten once its whole
+slice is older than that (see docs/exposure.md).
+
+>>> import numpy as np
+>>> from filters.bloom import BloomFilter
+>>> f = BloomFilter.for_capacity(200, 0.001)
+>>> _ = f.add_many(["i1", "i2"])
+>>> reply = [f"{f.m},{f.k},200".encode(), f.to_bytes()]
+>>> seen_in_reply(reply, ["i1", "i9", "i2"]).tolist()
+[True, False, True]
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import redis
+
+from filters.bloom import BoolArray, check_ids, item_hashes, union_contains
+from filters.slices import SlicePlan, decode_params
+from filters.store import LuaScript, check_user, slice_key_prefix
+from infra.errors import InputError
+from infra.metrics import (
+    BLOOM_BYTES_PER_USER,
+    BLOOM_CHECKS,
+    BLOOM_ESTIMATED_FPR,
+    BLOOM_FILTERED,
+    BLOOM_SLICES_PER_USER,
+)
+from infra.settings import Settings, load_settings
+from serving import keys
+
+_PARAMS: dict[bytes, tuple[int, int, int]] = {}
+#: The fill-ratio FPR estimate (a popcount of every bitmap) is observed on one query in this many.
+FPR_SAMPLE_EVERY = 16
+_queries = itertools.count()
+
+
+def _params(raw: bytes) -> tuple[int, int, int]:
+    p = _PARAMS.get(raw)
+    if p is None:
+        if len(_PARAMS) > 1024:
+            _PARAMS.clear()
+        p = _PARAMS[raw] = decode_params(raw)
+    return p
+
+
+def seen_in_reply(
+    reply: Sequence[bytes], ids: Sequence[str], hash_version: int = 1, observe: bool = True
+) -> BoolArray:
+    """Pure part of a query: which ``ids`` are in any bitmap of a read-script reply.
+
+    ``reply`` is the flat ``[params, bitmap, params, bitmap, ...]`` list; bitmaps are grouped by their
+    parameters (normally one group: sub-slice 0 of every live slice) and tested group-wise.
+    With ``observe`` the slice and byte histograms are updated, and on one query in
+    :data:`FPR_SAMPLE_EVERY` the estimated-FPR histogram (it needs a popcount of every bitmap).
+    """
+    n = len(ids)
+    if not reply or n == 0:
+        if observe:
+            BLOOM_SLICES_PER_USER.observe(0)
+            BLOOM_BYTES_PER_USER.observe(0)
+            BLOOM_ESTIMATED_FPR.observe(0.0)
+        return np.zeros(n, dtype=np.bool_)
+    groups: dict[bytes, list[bytes]] = {}
+    for raw, bitmap in zip(reply[::2], reply[1::2], strict=True):
+        groups.setdefault(raw, []).append(bitmap)
+    hashes = item_hashes(ids, hash_version)
+    seen: BoolArray | None = None
+    for raw, bitmaps in groups.items():
+        m, k, _cap = _params(raw)
+        hit = union_contains(bitmaps, m, k, hashes)
+        seen = hit if seen is None else seen | hit
+    if observe:
+        BLOOM_SLICES_PER_USER.observe(len(reply) // 2)
+        BLOOM_BYTES_PER_USER.observe(sum(map(len, reply[1::2])))
+        if next(_queries) % FPR_SAMPLE_EVERY == 0:
+            BLOOM_ESTIMATED_FPR.observe(estimated_query_fpr(reply))
+    assert seen is not None
+    return seen
+
+
+def estimated_query_fpr(reply: Sequence[bytes]) -> float:
+    """FPR of a query over the reply's bitmaps, from each bitmap's own fill ratio: 1 − Π(1 − fill^k).
+
+    >>> estimated_query_fpr([])
+    0.0
+    """
+    not_fp = 1.0
+    for raw, bitmap in zip(reply[::2], reply[1::2], strict=True):
+        m, k, _cap = _params(raw)
+        fill = int.from_bytes(bitmap, "big").bit_count() / m
+        not_fp *= 1.0 - fill**k
+    return 1.0 - not_fp if reply else 0.0
+
+
+def _as_seq(ids: Iterable[str]) -> Sequence[str]:
+    if isinstance(ids, list | tuple | str | bytes):
+        return ids  # a lone str/bytes is rejected by check_ids with a clear message
+    return list(ids)
+
+
+class ExposureReader:
+    """``filter_unseen`` / ``seen`` against the exposure filters in Redis (mounted on FeatureClient)."""
+
+    def __init__(self, redis_client: redis.Redis, settings: Settings) -> None:
+        self.redis = redis_client
+        self.bloom = settings.bloom
+        self.plan = SlicePlan.from_settings(settings.bloom)
+        self.script = LuaScript(redis_client, "exposure_read.lua")
+
+    @classmethod
+    def from_url(cls, redis_url: str | None = None, settings: Settings | None = None) -> ExposureReader:
+        """Connect to ``redis_url`` (None = ``settings.redis.effective_url``)."""
+        settings = settings or load_settings()
+        url = redis_url or settings.redis.effective_url
+        return cls(redis.Redis.from_url(url), settings)
+
+    def live_bitmaps(self, user_id: str, at: int | None = None) -> list[bytes]:
+        """The raw read-script reply for ``user_id`` at ``at``: ``[params, bitmap, ...]`` (one round trip)."""
+        check_user(user_id)
+        if at is None:
+            at = time.time_ns() // 1_000_000
+        elif not isinstance(at, int) or isinstance(at, bool):
+            msg = f"at must be epoch ms (int) or None, got {at!r}"
+            raise InputError(msg)
+        v = self.bloom.hash_version
+        args = (slice_key_prefix(user_id, v), at, self.plan.retention_ms, self.plan.slice_ms)
+        reply: list[bytes] = self.script([keys.bloom_index(user_id, v)], args)
+        return reply
+
+    def _mask(self, user_id: str, ids: Sequence[str], at: int | None) -> BoolArray:
+        check_user(user_id)
+        if at is not None and (not isinstance(at, int) or isinstance(at, bool)):
+            msg = f"at must be epoch ms (int) or None, got {at!r}"
+            raise InputError(msg)
+        check_ids(ids, "candidate ids")
+        if not ids:
+            return np.zeros(0, dtype=np.bool_)
+        reply = self.live_bitmaps(user_id, at)
+        BLOOM_CHECKS.inc(len(ids))
+        return seen_in_reply(reply, ids, self.bloom.hash_version)
+
+    def seen(self, user_id: str, ids: Iterable[str], at: int | None = None) -> list[bool]:
+        """For each id (input order): was it exposed to ``user_id`` in a slice live at ``at``?"""
+        out: list[bool] = self._mask(user_id, _as_seq(ids), at).tolist()
+        return out
+
+    def filter_unseen(self, user_id: str, candidate_ids: Iterable[str], at: int | None = None) -> list[str]:
+        """The candidates not (probably) exposed to ``user_id`` yet, input order kept."""
+        candidate_ids = _as_seq(candidate_ids)
+        mask = self._mask(user_id, candidate_ids, at)
+        BLOOM_FILTERED.inc(int(np.count_nonzero(mask)))
+        return list(itertools.compress(candidate_ids, (~mask).tolist()))
+
+    def filter_unseen_in_reply(self, reply: Sequence[bytes], candidate_ids: Sequence[str]) -> list[str]:
+        """The compute part of :meth:`filter_unseen` on an already fetched reply (benchmarks, tests)."""
+        check_ids(candidate_ids, "candidate ids")
+        BLOOM_CHECKS.inc(len(candidate_ids))
+        mask = seen_in_reply(reply, candidate_ids, self.bloom.hash_version)
+        BLOOM_FILTERED.inc(int(np.count_nonzero(mask)))
+        return list(itertools.compress(candidate_ids, (~mask).tolist()))
