@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
-def _records(events: Sequence[EventT]) -> list[Record]:
+def _records(events: Sequence[EventT[bytes]]) -> list[Record]:
     out = []
     for event in events:
         msg = event.message
@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> faust.App:
             await by_author.send(key=key, value=value)
 
     async def run(agent_name: str, stage: Any, stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(n, within=within):
+        async for events in stream.take_events(n, within=within):  # type: ignore[attr-defined]
             records = _records(events)
             started = time.perf_counter()
             out = await _process_with_retry(agent_name, stage, records)
@@ -114,7 +114,7 @@ def create_app(settings: Settings) -> faust.App:
     async def item_meta(stream: faust.StreamT[bytes]) -> None:
         await run("item-meta", meta_stage, stream)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def expose_metrics() -> None:
         metrics.serve(worker.metrics_port)
         log.info("recstream worker: /metrics on 127.0.0.1:%s", worker.metrics_port)

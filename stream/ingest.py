@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
@@ -115,20 +115,18 @@ class IngestStage:
             metrics.BLOOM_ADDS.inc(self._exposures.add(impressions, watermark))
         for partition, deliveries in by_partition.items():
             result = self._users.write(partition, deliveries)
-            for d in result.first_deliveries:
-                fwd = encode_forwarded(ForwardedDelivery(
-                    partition, d.offset, d.event, d.stats_late, d.category, d.author_id
-                ))
-                out.by_item.append((d.event.item_id.encode(), fwd))
-                if d.author_id is not None:
-                    out.by_author.append((d.author_id.encode(), fwd))
-            _count_user_result(result)
+            for fwd in result.forwards():
+                raw = encode_forwarded(fwd)
+                out.by_item.append((fwd.event.item_id.encode(), raw))
+                if fwd.author_id is not None:
+                    out.by_author.append((fwd.author_id.encode(), raw))
+            result.record_guard_metrics()
         self._clocks.save(clocks)
         _observe_processed(ev for _, ev in valid)
         return out
 
-    def _item_meta(self, events: object) -> dict[str, tuple[str | None, str | None]]:
-        items = sorted({ev.item_id for ev in events})  # type: ignore[attr-defined]
+    def _item_meta(self, events: Iterable[Event]) -> dict[str, tuple[str | None, str | None]]:
+        items = sorted({ev.item_id for ev in events})
         if not items:
             return {}
         pipe = self._redis.pipeline(transaction=False)
@@ -144,17 +142,11 @@ class IngestStage:
         return found
 
 
-def _count_user_result(result: object) -> None:
-    metrics.REPLAYED_SKIPPED.labels(stage="user").inc(getattr(result, "replayed", 0))
-    metrics.DUPLICATES_DROPPED.labels(stage="user").inc(getattr(result, "duplicates", 0))
-    metrics.LATE_DROPPED.labels(stage="user").inc(getattr(result, "late", 0))
-
-
-def _observe_processed(events: object) -> None:
+def _observe_processed(events: Iterable[Event]) -> None:
     now_ms = time.time() * 1000
     counts: dict[str, int] = defaultdict(int)
     newest = 0
-    for ev in events:  # type: ignore[attr-defined]
+    for ev in events:
         counts[ev.type] += 1
         newest = max(newest, ev.ts)
     for etype, n in counts.items():
@@ -176,12 +168,12 @@ class EntityStage:
         deliveries: list[ForwardedDelivery] = []
         for rec in records:
             try:
-                deliveries.append(decode_forwarded(rec.value))
+                deliveries.append(decode_forwarded(rec.value or b""))
             except EventValidationError as exc:
                 out.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail))
                 metrics.EVENTS_INVALID.labels(reason=exc.reason).inc()
         if deliveries:
-            self._writer.write(self._kind, deliveries)
+            self._writer.write(self._kind, deliveries).record_guard_metrics()
         return out
 
 
@@ -202,7 +194,7 @@ class ItemMetaStage:
                 out.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail))
                 metrics.EVENTS_INVALID.labels(reason=exc.reason).inc()
                 continue
-            fields = {
+            fields: dict[Any, Any] = {
                 name: str(value)
                 for name, value in (
                     ("category", item.category), ("author_id", item.author_id), ("publish_ts", item.publish_ts)

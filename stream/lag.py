@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from infra.errors import KafkaError
 from infra.settings import Settings
@@ -69,7 +69,7 @@ class LagProbe:
         except KafkaException as exc:
             msg = f"cannot reach Kafka to read lag: {exc}"
             raise KafkaError(msg) from None
-        tps = []
+        tps: list[TopicPartition] = []
         for topic in self.source_topics + self.internal_topics:
             if topic not in meta.topics:
                 msg = f"topic {topic!r} does not exist; run `recstream infra up` first"
@@ -81,7 +81,8 @@ class LagProbe:
         """One snapshot of the group's lag on every partition of the app's topics."""
         tps = self._partitions(timeout)
         try:
-            ends_f = self._admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
+            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            ends_f = self._admin.list_offsets({tp: latest for tp in tps}, request_timeout=timeout)
             ends = {(tp.topic, tp.partition): f.result().offset for tp, f in ends_f.items()}
             req = [ConsumerGroupTopicPartitions(self.group, tps)]
             result = self._admin.list_consumer_group_offsets(req, request_timeout=timeout)[self.group].result()

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from serving.client import FeatureClient
 
 from infra.settings import ACTIONS, Settings
-from serving.client import FeatureClient
 from stream.events import Event, ItemMeta
 from stream.lag import LagProbe
 from stream.producer import EventProducer
@@ -70,8 +70,8 @@ def produce(settings: Settings, events: list[Ev], meta: dict[str, ItemMeta] | No
 
 
 @pytest.fixture
-def pipeline(services: object) -> Iterator[Settings]:
-    """A fresh app id (consumer group + Redis state) per test, on the session's Kafka and Redis."""
+def pipeline(services: object, redis_client: object) -> Iterator[Settings]:
+    """Fresh topics, consumer group and (flushed) Redis per test, on the session's Kafka and Redis."""
     base: Settings = services.settings  # type: ignore[attr-defined]
     suffix = uuid.uuid4().hex[:8]
     kafka = base.kafka.model_copy(update={

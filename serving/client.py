@@ -1,0 +1,81 @@
+"""``FeatureClient``: what retrieval and ranking call to read fresh features from Redis.
+
+One object, one connection pool, read-only (no read ever creates state). Every method is one Redis round
+trip, and records its latency in ``recstream_serving_seconds{method=…}``.
+
+Example (needs a Redis with features; see README)::
+
+    features = FeatureClient()                              # URL from settings
+    features.filter_unseen("u1", ["i1", "i2", "i3"])        # retrieval: drop what u1 has seen
+    features.last_n("u1", "click", n=50, category="food")   # SIM hard search
+    features.stats_multi("item", ["i1", "i2"]).row(0)       # ranking: {window: {name: value}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import redis
+
+from infra import metrics
+from infra.settings import Settings, load_settings
+from serving.exposure import ExposureReader
+from serving.sequences import Entry, SequenceReader
+from serving.stats import EntityId, StatsMatrix, StatsReader
+
+T = TypeVar("T")
+
+
+def _timed(method: str, call: Callable[[], T]) -> T:
+    with metrics.SERVING_SECONDS.labels(method=method).time():
+        return call()
+
+
+class FeatureClient:
+    """Reads exposure filters, last-N sequences and windowed statistics (sync, thread-safe)."""
+
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None,
+                 **redis_kwargs: Any) -> None:
+        self.settings = settings or load_settings()
+        url = redis_url or self.settings.redis.effective_url
+        self.redis = redis.Redis.from_url(url, **redis_kwargs)
+        self._exposure = ExposureReader(self.redis, self.settings)
+        self._sequences = SequenceReader(self.redis, self.settings)
+        self._stats = StatsReader(self.redis, self.settings)
+
+    # --- exposure filter (retrieval) ---------------------------------------------------------------
+    def filter_unseen(self, user_id: str, candidate_ids: Iterable[str], at: int | None = None) -> list[str]:
+        """The candidates ``user_id`` has surely not been shown (input order kept); ``at`` = epoch ms."""
+        return _timed("filter_unseen", lambda: self._exposure.filter_unseen(user_id, candidate_ids, at))
+
+    def seen(self, user_id: str, ids: Iterable[str], at: int | None = None) -> list[bool]:
+        """Per id: True if probably shown to ``user_id`` within the retention (no false negatives)."""
+        return _timed("seen", lambda: self._exposure.seen(user_id, ids, at))
+
+    # --- last-N sequences (user towers, DIN, SIM) ---------------------------------------------------
+    def last_n(self, user_id: str, action: str, n: int = 50, category: str | None = None,
+               before: int | None = None) -> list[Entry]:
+        """The newest ``n`` entries of one action, newest first; ``before`` = exclusive ts bound."""
+        return _timed("last_n", lambda: self._sequences.last_n(user_id, action, n, category, before))
+
+    def last_n_multi(self, user_id: str, requests: Mapping[str, int],
+                     before: int | None = None) -> dict[str, list[Entry]]:
+        """Several actions of one user in one round trip: ``{action: n}`` -> ``{action: entries}``."""
+        return _timed("last_n_multi", lambda: self._sequences.last_n_multi(user_id, requests, before))
+
+    # --- windowed statistics (ranking) --------------------------------------------------------------
+    def stats(self, kind: str, entity_id: EntityId, windows: Sequence[str] | None = None,
+              actions: Sequence[str] | None = None, at: int | None = None) -> dict[str, dict[str, float]]:
+        """``{window: {name: value}}`` for one entity; names are the action counts (incl. impression),
+        ``log1p_<action>`` and the smoothed rates ``ctr``, ``like_rate``, … (docs/statistics.md)."""
+        return _timed("stats", lambda: self._stats.stats(kind, entity_id, windows, actions, at))
+
+    def stats_multi(self, kind: str, ids: Sequence[EntityId], windows: Sequence[str] | None = None,
+                    actions: Sequence[str] | None = None, at: int | None = None) -> StatsMatrix:
+        """The same for many entities of one kind in one round trip (a numpy-backed matrix)."""
+        return _timed("stats_multi", lambda: self._stats.stats_multi(kind, ids, windows, actions, at))
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.redis.close()
