@@ -150,6 +150,13 @@ class StatsSettings(_Section):
     allowed_lateness_ms: int = Field(MS_PER_HOUR, ge=0)
     dedup_horizon_ms: int = Field(MS_PER_DAY, ge=0)
     prior_strength: float = Field(20.0, ge=0, description="pseudo-count of the Bayesian prior")
+
+    @model_validator(mode="after")
+    def _check_horizon(self) -> StatsSettings:
+        if self.dedup_horizon_ms < self.allowed_lateness_ms:
+            msg = "stats.dedup_horizon_ms must be >= stats.allowed_lateness_ms (late redeliveries would count twice)"
+            raise ValueError(msg)
+        return self
     prior_rates: dict[str, float] = Field(
         default_factory=lambda: {"ctr": 0.04, "like_rate": 0.1, "collect_rate": 0.05,
                                  "share_rate": 0.02, "comment_rate": 0.02}

@@ -1,0 +1,112 @@
+"""Serving reads of last-N sequences (mounted on ``FeatureClient``; layout in docs/sequences.md).
+
+A sequence is a sorted set scored by event time whose members encode ``event_id, item_id, category,
+author_id`` (see :mod:`stream.sequences`). Reads are newest first, ``before`` is an exclusive upper
+bound on ``ts``. The category filter runs server-side in a small read-only script that scans the
+(capacity-bounded) sequence from the newest end in growing chunks and stops at ``n`` matches, so a
+common category costs about ``n`` entries and a rare one at most one pass over the sequence — one round
+trip and only matching entries on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from infra.settings import EVENT_TYPES, Settings
+from serving import keys
+from stream.sequences import Entry, decode_member, sequence_capacities
+from stream.writers import require_binary_client
+
+__all__ = ["CATEGORY_SCAN_LUA", "Entry", "SequenceReader"]
+
+CATEGORY_SCAN_LUA = """
+-- KEYS[1] sequence; ARGV: n, max score ('+inf' or '(<before>'), first chunk, category
+local key, n, maxs, chunk, cat = KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local out, offset = {}, 0
+while #out < 2 * n do
+  local part = redis.call('ZRANGE', key, maxs, '-inf', 'BYSCORE', 'REV', 'LIMIT', offset, chunk, 'WITHSCORES')
+  for i = 1, #part, 2 do
+    local m = part[i]
+    local a = string.find(m, '\\0', 1, true)
+    local b = string.find(m, '\\0', a + 1, true)
+    local c = string.find(m, '\\0', b + 1, true)
+    if string.sub(m, b + 1, c - 1) == cat then
+      out[#out + 1] = m; out[#out + 1] = part[i + 1]
+      if #out >= 2 * n then break end
+    end
+  end
+  if #part < 2 * chunk then break end
+  offset = offset + chunk
+  chunk = chunk * 2
+end
+return out
+"""
+
+
+def _max_score(before: int | None) -> str:
+    return "+inf" if before is None else f"({int(before)}"
+
+
+def _entries(rows: list[Any]) -> list[Entry]:
+    return [decode_member(member, int(float(score))) for member, score in rows]
+
+
+class SequenceReader:
+    """``last_n`` / ``last_n_multi`` over a sync ``redis.Redis`` client."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        require_binary_client(client)
+        self.client = client
+        self.capacities = sequence_capacities(settings.lastn)
+        self._scan = client.register_script(CATEGORY_SCAN_LUA)
+
+    def _key(self, user_id: str, action: str) -> str | None:
+        if action not in EVENT_TYPES:
+            msg = f"unknown action {action!r}; known: {list(EVENT_TYPES)}"
+            raise ValueError(msg)
+        return keys.sequence(user_id, action) if action in self.capacities else None
+
+    def last_n(
+        self,
+        user_id: str,
+        action: str,
+        n: int = 50,
+        category: str | None = None,
+        before: int | None = None,
+    ) -> list[Entry]:
+        """The newest ``n`` entries of ``user_id``'s ``action`` sequence, newest first.
+
+        ``category`` keeps only entries of that category (the first ``n`` of them); ``before`` keeps
+        only ``ts < before`` (epoch ms). An action without a configured sequence reads as empty.
+        """
+        key = self._key(user_id, action)
+        if key is None or n <= 0:
+            return []
+        if category is None:
+            rows = self.client.zrange(
+                key, _max_score(before), "-inf", desc=True, byscore=True, offset=0, num=n, withscores=True
+            )
+            return _entries(rows)
+        flat = self._scan(keys=[key], args=[n, _max_score(before), max(64, 2 * n), category])
+        return [decode_member(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    def last_n_multi(
+        self, user_id: str, requests: Mapping[str, int], before: int | None = None
+    ) -> dict[str, list[Entry]]:
+        """Several actions of one user in one round trip: ``{action: n}`` -> ``{action: entries}``."""
+        wanted = [(a, self._key(user_id, a), n) for a, n in requests.items()]
+        pipe = self.client.pipeline(transaction=False)
+        asked: list[str] = []
+        for action, key, n in wanted:
+            if key is not None and n > 0:
+                pipe.zrange(key, _max_score(before), "-inf", desc=True, byscore=True, offset=0, num=n,
+                            withscores=True)
+                asked.append(action)
+        replies = pipe.execute() if asked else []
+        out: dict[str, list[Entry]] = {a: [] for a, _, _ in wanted}
+        for action, rows in zip(asked, replies, strict=True):
+            out[action] = _entries(rows)
+        return out

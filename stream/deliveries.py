@@ -1,0 +1,92 @@
+"""What the agents hand to the feature writers: one Kafka delivery of one validated event.
+
+A :class:`Delivery` is one message of the user-keyed events topic (its source ``offset`` is what the
+replay guard compares). A :class:`ForwardedDelivery` is a *first* delivery re-published by the user
+stage on the by-item / by-author repartition topic; it carries its source partition and offset so the
+entity stage can guard on them. Both are frozen; forwarded deliveries travel as compact JSON.
+
+>>> from stream.events import Event
+>>> ev = Event(event_id="e1", type="click", user_id="u1", item_id="i1", ts=1_700_000_000_000)
+>>> d = Delivery(offset=41, event=ev, stats_late=False, category="food", author_id="a1")
+>>> fwd = d.forwarded(partition=3)
+>>> raw = encode_forwarded(fwd)
+>>> raw
+b'[3,41,{"event_id":"e1","type":"click","user_id":"u1","item_id":"i1","ts":1700000000000},false,"food","a1"]'
+>>> decode_forwarded(raw) == fwd
+True
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from infra.errors import EventValidationError
+from stream.events import Event
+
+__all__ = [
+    "Delivery",
+    "ForwardedDelivery",
+    "decode_forwarded",
+    "encode_forwarded",
+]
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """One delivery of one event from the user-keyed events topic.
+
+    ``stats_late`` means the event is older than the partition watermark: it still enters the
+    last-N sequences but is left out of every statistic. ``category`` / ``author_id`` come from the
+    event, else from the item metadata (the agent resolves them; ``None`` = unknown).
+    """
+
+    offset: int
+    event: Event
+    stats_late: bool = False
+    category: str | None = None
+    author_id: str | None = None
+
+    def forwarded(self, partition: int) -> ForwardedDelivery:
+        """This delivery as it is re-published on a repartition topic from source ``partition``."""
+        return ForwardedDelivery(
+            source_partition=partition,
+            source_offset=self.offset,
+            event=self.event,
+            stats_late=self.stats_late,
+            category=self.category,
+            author_id=self.author_id,
+        )
+
+
+class ForwardedDelivery(msgspec.Struct, frozen=True, array_like=True):
+    """A first delivery forwarded to the item / author stage (guarded per source partition)."""
+
+    source_partition: int
+    source_offset: int
+    event: Event
+    stats_late: bool = False
+    category: str | None = None
+    author_id: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(ForwardedDelivery)
+
+
+def encode_forwarded(delivery: ForwardedDelivery) -> bytes:
+    """Compact JSON (an array, the event as an object) for the repartition topic."""
+    return _encoder.encode(delivery)
+
+
+def decode_forwarded(raw: bytes | bytearray | memoryview | str) -> ForwardedDelivery:
+    """Decode a forwarded delivery; raises only :class:`EventValidationError`.
+
+    >>> decode_forwarded(b'[1]')
+    Traceback (most recent call last):
+    ...
+    infra.errors.EventValidationError: invalid_forward: Expected `array` of at least length 3, got 1
+    """
+    reason = "invalid_forward"
+    try:
+        return _decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise EventValidationError(reason, str(exc)) from None

@@ -1,0 +1,357 @@
+"""Feature writers and readers against the real Redis: reference streams, replays, duplicates.
+
+A simulated worker pushes seeded random streams (out of order, late, duplicated, replayed after
+"crashes") through UserStateWriter -> forwards -> EntityStatsWriter; the served sequences and counts
+must equal a brute-force reference computed from the raw deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from infra.settings import EVENT_TYPES, Settings
+from serving import keys
+from serving.sequences import SequenceReader
+from serving.stats import StatsReader
+from stream.deliveries import Delivery, ForwardedDelivery
+from stream.events import Event
+from stream.sequences import Entry, last_n, merge, sequence_capacities
+from stream.tiles import TileLayout, apply_events, empty_words, encode_words
+from stream.writers import EntityStatsWriter, UserStateWriter
+
+pytestmark = pytest.mark.integration
+M, H, D = 60_000, 3_600_000, 86_400_000
+T0 = 1_700_006_400_000  # UTC midnight
+TYPE = {t: i for i, t in enumerate(EVENT_TYPES)}
+
+
+@pytest.fixture
+def settings(redis_service: object) -> Settings:
+    base: Settings = redis_service.settings  # type: ignore[attr-defined]
+    return base.model_copy(update={"lastn": base.lastn.model_copy(update={
+        "capacity": {"click": 7, "like": 3, "collect": 4, "share": 2, "comment": 5}, "impressions": 6})})
+
+
+@pytest.fixture
+def r(redis_client: redis.Redis) -> Iterator[redis.Redis]:
+    yield redis_client
+
+
+def snapshot(client: redis.Redis) -> dict[object, object]:
+    out: dict[object, object] = {}
+    for key in sorted(client.keys("*")):
+        kind = client.type(key)
+        if kind == b"string":
+            out[key] = client.get(key)
+        elif kind == b"hash":
+            out[key] = client.hgetall(key)
+        elif kind == b"zset":
+            out[key] = client.zrange(key, 0, -1, withscores=True)
+    return out
+
+
+@dataclass
+class World:
+    """A random stream for a few users, and the reference bookkeeping of what must be counted."""
+
+    seed: int
+    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    parts: dict[int, list[Delivery]] = field(default_factory=lambda: defaultdict(list))
+    first: dict[str, Delivery] = field(default_factory=dict)  # event_id -> delivery that counts
+    categories: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    def make(cls, seed: int, n: int = 700, lateness: int = H) -> World:
+        rng = random.Random(seed)
+        w = cls(seed)
+        items = {f"i{k}": (rng.choice(["food", "cars", "art", None]), rng.choice(["a1", "a2", "a3", None]))
+                 for k in range(20)}
+        users = [f"u{k}" for k in range(6)]
+        offsets: dict[int, int] = defaultdict(int)
+        max_ts: dict[int, int] = {}
+        sent: list[Event] = []
+        for i in range(n):
+            if sent and rng.random() < 0.12:  # redelivery of an earlier event, later, new offset
+                ev = rng.choice(sent)
+            else:
+                base = T0 + i * 5 * M + rng.randrange(5 * M)
+                jitter = rng.choice([0, 0, 0, rng.randrange(30 * M), rng.randrange(3 * H),
+                                     rng.randrange(20 * D)])
+                item = rng.choice(list(items))
+                cat, author = items[item]
+                ev = Event(event_id=f"e{i}", type=rng.choice(EVENT_TYPES), user_id=rng.choice(users),
+                           item_id=item, ts=base - jitter,
+                           category=cat if rng.random() < 0.5 else None, author_id=author)
+                sent.append(ev)
+            p = int(ev.user_id[1:]) % 3
+            max_ts[p] = max(max_ts.get(p, ev.ts), ev.ts)
+            late = ev.ts < max_ts[p] - lateness
+            d = Delivery(offsets[p], ev, late, items[ev.item_id][0], items[ev.item_id][1])
+            offsets[p] += 1
+            w.parts[p].append(d)
+            if ev.event_id not in w.first:
+                w.first[ev.event_id] = d
+                if d.category is not None:
+                    w.categories.add((ev.user_id, d.category))
+        return w
+
+    def run(self, users: UserStateWriter, entities: EntityStatsWriter, rng: random.Random) -> None:
+        """Batches per partition with crash-replays (a batch restarting before the last one's end);
+        forwards go to the entity stage in random-size groups, in source order per partition."""
+        pending: list[ForwardedDelivery] = []
+        cursors = dict.fromkeys(self.parts, 0)
+        while any(cursors[p] < len(self.parts[p]) for p in cursors):
+            p = rng.choice([p for p in cursors if cursors[p] < len(self.parts[p])])
+            start = cursors[p]
+            if start and rng.random() < 0.2:
+                start = max(0, start - rng.randrange(1, 30))  # crash: redeliver an overlapping prefix
+            end = min(len(self.parts[p]), cursors[p] + rng.randrange(1, 60))
+            result = users.write(p, self.parts[p][start:end])
+            cursors[p] = end
+            for name in ("applied", "replayed", "duplicates", "late"):
+                self.totals[name] += getattr(result, name)
+            self.totals["late_inserted"] += sum(result.late_inserted.values())
+            pending += result.forwards()
+            if rng.random() < 0.5:
+                entities.write("item", pending)
+                if rng.random() < 0.3:  # the author stage retries its batch
+                    entities.write("author", pending[: rng.randrange(len(pending) + 1)])
+                entities.write("author", pending)
+                pending = []
+        entities.write("item", pending)
+        entities.write("author", pending)
+
+    def counted(self) -> list[Delivery]:
+        return [d for d in self.first.values() if not d.stats_late]
+
+    def newest(self) -> int:
+        return max(d.event.ts for d in self.first.values())
+
+
+def brute_counts(events: list[Delivery], start: int, end: int) -> dict[str, float]:
+    counts = dict.fromkeys(EVENT_TYPES, 0.0)
+    for d in events:
+        if start <= d.event.ts < end:
+            counts[d.event.type] += 1
+    return counts
+
+
+def reference_sequences(world: World, settings: Settings) -> dict[tuple[str, str], list[Entry]]:
+    caps = sequence_capacities(settings.lastn)
+    by_key: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+    for d in world.first.values():
+        ev = d.event
+        by_key[(ev.user_id, ev.type)].append(Entry(ev.item_id, ev.ts, d.category, d.author_id, ev.event_id))
+    return {k: merge([], v, caps[k[1]]).entries for k, v in by_key.items() if k[1] in caps}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_reference_stream(r: redis.Redis, settings: Settings, seed: int) -> None:
+    world = World.make(seed)
+    rng = random.Random(seed)
+    world.run(UserStateWriter(r, settings), EntityStatsWriter(r, settings), rng)
+    # redeliveries beyond the dedup horizon whose entry left the sequence count as applied again
+    # (they are older than the watermark, so no statistic moves, and they are trimmed again)
+    assert len(world.first) <= world.totals["applied"] <= len(world.first) + world.totals["late"]
+    assert min(world.totals.values()) > 5, world.totals  # replays, duplicates, late events all happened
+
+    seqs = SequenceReader(r, settings)
+    for (user, action), ref in reference_sequences(world, settings).items():
+        assert seqs.last_n(user, action, n=100) == last_n(ref, 100), (user, action)
+        assert seqs.last_n(user, action, n=2) == last_n(ref, 2)
+        for cat in ("food", "cars", "art", "none"):
+            for n in (1, 3, 100):
+                assert seqs.last_n(user, action, n, category=cat) == last_n(ref, n, category=cat)
+        if ref:
+            before = ref[len(ref) // 2].ts
+            assert seqs.last_n(user, action, 100, before=before) == last_n(ref, 100, before=before)
+            assert seqs.last_n(user, action, 100, "food", before) == last_n(ref, 100, "food", before)
+    multi = seqs.last_n_multi("u1", {"click": 3, "like": 10, "impression": 2})
+    assert multi == {a: seqs.last_n("u1", a, n) for a, n in (("click", 3), ("like", 10), ("impression", 2))}
+
+    stats = StatsReader(r, settings)
+    layout = TileLayout.from_settings(settings.stats)
+    counted = world.counted()
+    entities: dict[str, dict[object, list[Delivery]]] = {k: defaultdict(list) for k in keys.ENTITY_KINDS}
+    for d in counted:
+        entities["user"][d.event.user_id].append(d)
+        entities["item"][d.event.item_id].append(d)
+        if d.author_id is not None:
+            entities["author"][d.author_id].append(d)
+        if d.category is not None:
+            entities["user_category"][(d.event.user_id, d.category)].append(d)
+    entities["user_category"].update({c: [] for c in world.categories if c not in entities["user_category"]})
+    newest, lateness = world.newest(), settings.stats.allowed_lateness_ms
+    checked = 0
+    for win in layout.windows:
+        first_tile = (newest - lateness) // win.tile_ms
+        for tile in sorted({first_tile, first_tile + 1, newest // win.tile_ms, newest // win.tile_ms + 1}):
+            at = tile * win.tile_ms
+            for kind, by_id in entities.items():
+                ids = sorted(by_id, key=str)
+                matrix = stats.stats_multi(kind, ids, windows=[win.name], actions=EVENT_TYPES, at=at)
+                for i, entity in enumerate(ids):
+                    got = {k: v for k, v in matrix.row(i)[win.name].items() if k in EVENT_TYPES}
+                    assert got == brute_counts(by_id[entity], at - win.window_ms, at), (kind, entity, win, at)
+                    checked += 1
+    assert checked > 100
+    assert sum(len(v) for v in entities["item"].values()) > 50  # the stream really counted things
+
+
+def test_replaying_everything_changes_nothing(r: redis.Redis, settings: Settings) -> None:
+    world = World.make(11, n=300)
+    users, ents = UserStateWriter(r, settings), EntityStatsWriter(r, settings)
+    world.run(users, ents, random.Random(5))
+    before = snapshot(r)
+    for p, deliveries in world.parts.items():
+        for k in range(0, len(deliveries), 37):  # different batch boundaries than the first run
+            res = users.write(p, deliveries[k : k + 37])
+            assert res.applied == res.duplicates == 0 and res.replayed == len(deliveries[k : k + 37])
+            assert ents.write("item", res.forwards()).applied == 0
+            assert ents.write("author", res.forwards()).applied == 0
+    assert snapshot(r) == before
+
+
+def test_duplicates_with_different_offsets_count_once(r: redis.Redis, settings: Settings) -> None:
+    ev = Event(event_id="dup", type="like", user_id="u9", item_id="i1", ts=T0 - 10 * M)
+    other = Event(event_id="x", type="like", user_id="u9", item_id="i2", ts=T0 - 5 * M)
+    users, ents = UserStateWriter(r, settings), EntityStatsWriter(r, settings)
+    first = users.write(0, [Delivery(3, ev, category="food", author_id="a1"), Delivery(4, other),
+                            Delivery(5, ev, category="food", author_id="a1")])
+    assert first.first == [True, True, False] and first.duplicates == 1 and first.applied == 2
+    again = users.write(0, [Delivery(5, ev), Delivery(9, ev, category="food", author_id="a1")])
+    assert again.first == [False, False] and again.replayed == 1 and again.duplicates == 1
+    ents.write("item", first.forwards() + again.forwards())
+    ents.write("author", first.forwards() + again.forwards())
+    assert [e.event_id for e in SequenceReader(r, settings).last_n("u9", "like")] == ["x", "dup"]
+    stats = StatsReader(r, settings)
+    expected = [("user", "u9", 2.0), ("user_category", ("u9", "food"), 1.0), ("item", "i1", 1.0),
+                ("item", "i2", 1.0), ("author", "a1", 1.0)]  # "x" has no category and no author
+    for kind, entity, likes in expected:
+        assert stats.stats(kind, entity, windows=["1h"], at=T0)["1h"]["like"] == likes, kind
+
+
+def test_lua_sequences_match_the_pure_model(r: redis.Redis, settings: Settings) -> None:
+    """Random batches (late, duplicate, tied timestamps) through the script vs stream.sequences.merge."""
+    rng = random.Random(42)
+    users = UserStateWriter(r, settings, record_metrics=False)
+    for trial in range(25):
+        user, cap = f"m{trial}", settings.lastn.capacity["click"]
+        pool = [Event(event_id=f"e{rng.randrange(10**6)}", type="click", user_id=user, item_id=f"i{k}",
+                      ts=T0 + rng.randrange(40) * 1000) for k in range(rng.randrange(1, 40))]
+        model: list[Entry] = []
+        ever: set[str] = set()
+        offset = 0
+        for _ in range(rng.randrange(1, 8)):
+            batch = [Delivery(offset + k, rng.choice(pool), category=rng.choice(["c", None]))
+                     for k in range(rng.randrange(1, 12))]
+            offset += len(batch)
+            fresh = [Entry(d.event.item_id, d.event.ts, d.category, None, d.event.event_id) for d in batch
+                     if d.event.event_id not in ever]
+            ever |= {d.event.event_id for d in batch}
+            expected = merge(model, fresh, cap)
+            model = expected.entries
+            res = users.write(0, batch)
+            served = SequenceReader(r, settings).last_n(user, "click", n=cap + 5)
+            assert served == last_n(model, cap + 5)
+            assert res.appended.get("click", 0) == expected.appended
+            assert res.late_inserted.get("click", 0) == expected.late_inserted
+            assert res.lengths.get("click", [len(model)])[-1] == len(model)
+
+
+def test_lua_tiles_match_the_pure_model(r: redis.Redis, settings: Settings) -> None:
+    """The blob written by the script is byte-identical to stream.tiles.apply_events."""
+    rng = random.Random(9)
+    layout = TileLayout.from_settings(settings.stats)
+    ents = EntityStatsWriter(r, settings, record_metrics=False)
+    words = empty_words(layout)
+    offset = 0
+    for _ in range(30):
+        batch = []
+        for _ in range(rng.randrange(1, 40)):
+            ev = Event(event_id=f"e{offset}", type=rng.choice(EVENT_TYPES), user_id="u", item_id="it",
+                       ts=T0 + rng.randrange(-45 * D, 2 * D))
+            batch.append(ForwardedDelivery(rng.randrange(3), offset, ev, rng.random() < 0.1))
+            offset += 1
+        ents.write("item", batch)
+        apply_events(words, layout, [(d.event.ts, TYPE[d.event.type]) for d in batch if not d.stats_late])
+        assert r.get(keys.stats("item", "it")) == encode_words(words)
+
+
+def test_foreign_blob_is_reset_and_noscript_is_recovered(r: redis.Redis, settings: Settings) -> None:
+    r.set(keys.stats("item", "i1"), b"\xff" * 100)
+    r.script_flush()
+    ents = EntityStatsWriter(r, settings)
+    ev = Event(event_id="e", type="click", user_id="u", item_id="i1", ts=T0 - 1)
+    assert ents.write("item", [ForwardedDelivery(0, 0, ev)]).applied == 1
+    counts = StatsReader(r, settings).stats("item", "i1", at=T0)
+    assert {w: c["click"] for w, c in counts.items()} == {"1h": 1.0, "1d": 1.0, "7d": 1.0, "30d": 1.0}
+    assert r.strlen(keys.stats("item", "i1")) == TileLayout.from_settings(settings.stats).nbytes
+
+
+def test_duplicate_beyond_dedup_horizon_never_doubles_an_entry(r: redis.Redis, settings: Settings) -> None:
+    users = UserStateWriter(r, settings)
+    old = Event(event_id="old", type="share", user_id="u", item_id="i", ts=T0)
+    new = Event(event_id="new", type="share", user_id="u", item_id="j", ts=T0 + 3 * D)
+    users.write(0, [Delivery(0, old), Delivery(1, new)])  # "old" leaves the dedup set (horizon 1 day)
+    assert r.hget(keys.dedup(keys.entity_tag("user", "u")), "old") is None
+    res = users.write(0, [Delivery(2, old, stats_late=True)])
+    assert res.duplicates == 1
+    assert [e.event_id for e in SequenceReader(r, settings).last_n("u", "share")] == ["new", "old"]
+
+
+def test_async_writer(redis_service: object, r: redis.Redis, settings: Settings) -> None:
+    async def go() -> list[bool]:
+        client = aredis.Redis.from_url(redis_service.redis_url)  # type: ignore[attr-defined]
+        try:
+            ev = Event(event_id="a", type="click", user_id="u", item_id="i", ts=T0)
+            res = await UserStateWriter(client, settings).awrite(1, [Delivery(0, ev), Delivery(1, ev)])
+            await EntityStatsWriter(client, settings).awrite("item", res.forwards())
+            return res.first
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == [True, False]
+    assert StatsReader(r, settings).stats("item", "i", ["1d"], ["click"], at=T0 + 1)["1d"]["click"] == 1.0
+    with pytest.raises(TypeError):
+        asyncio.run(UserStateWriter(r, settings).awrite(0, []))
+
+
+def test_stats_multi_shapes_and_missing(r: redis.Redis, settings: Settings) -> None:
+    stats = StatsReader(r, settings)
+    m = stats.stats_multi("item", [f"nope{k}" for k in range(1000)], actions=["click"], at=T0)
+    assert m.values.shape == (1000, 4, 2 + 5)
+    assert np.all(m.column("1d", "click") == 0)
+    assert np.allclose(m.column("1d", "ctr"), settings.stats.prior_rates["ctr"])
+    with pytest.raises(ValueError, match="unknown kind"):
+        stats.stats_multi("shop", ["x"])
+    with pytest.raises(KeyError):
+        stats.stats("item", "x", windows=["2h"])
+
+
+def test_lua_scripts_share_the_tile_code() -> None:
+    from importlib import resources
+
+    def block(name: str) -> str:
+        src = resources.files("stream").joinpath(name).read_text()
+        start = src.index("-- ---------------------------------------------------------------- tiles")
+        return src[start : src.index("end of the shared tile code")]
+
+    assert block("user_state.lua") == block("entity_stats.lua")
+
+
+def test_text_clients_are_refused(redis_service: object, settings: Settings) -> None:
+    text = redis.Redis.from_url(redis_service.redis_url, decode_responses=True)  # type: ignore[attr-defined]
+    for cls in (UserStateWriter, EntityStatsWriter, SequenceReader, StatsReader):
+        with pytest.raises(ValueError, match="decode_responses"):
+            cls(text, settings)
+    text.close()
