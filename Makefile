@@ -28,7 +28,7 @@ lint: bootstrap
 
 ## bench: ingest throughput benchmark (results in bench/results)
 bench: bootstrap
-	$(PY) -m bench.ingest_bench $(BENCH_ARGS)
+	$(VENV)/bin/recstream bench ingest $(BENCH_ARGS)
 
 ## clean: caches and build artefacts (keeps .venv, the jar cache and data homes)
 clean:

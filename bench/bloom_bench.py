@@ -299,12 +299,12 @@ def markdown(res: dict[str, Any]) -> str:
     ])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and probes")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     res = run(args.redis_url, args.quick)
     res = {"benchmark": "bloom", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),

@@ -123,12 +123,12 @@ def run(client: redis.Redis, settings: Settings, iterations: int) -> dict[str, A
             "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default="", help="use this Redis database (it is FLUSHED)")
     parser.add_argument("--iterations", type=int, default=2_000)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"lastn": {"capacity": {"click": 2_000, "like": 100, "collect": 100,
                                                          "share": 50, "comment": 50}}}
     if args.redis_url:

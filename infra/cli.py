@@ -101,6 +101,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest_bench",
     "bloom": "bench.bloom_bench",
     "reads": "bench.reads_bench",
+    "stats": "bench.stats_bench",
 }
 
 
