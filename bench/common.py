@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -26,7 +28,9 @@ def free_port() -> int:
 
 @contextmanager
 def private_services(partitions: int = 8) -> Iterator[Settings]:
-    """A Kafka broker and a Redis server of the benchmark's own, on free ports, torn down afterwards."""
+    """A Kafka broker and a Redis server of the benchmark's own, on free ports, torn down afterwards
+    (also on SIGTERM, which is turned into a normal exit so the teardown runs)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="recstream-bench-") as home:
         kport, rport = free_port(), free_port()
         settings = Settings(

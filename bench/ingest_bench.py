@@ -116,6 +116,7 @@ def bench_worker(settings: Settings, payloads: Sequence[tuple[bytes, bytes]]) ->
 
 def run(n: int, worker_n: int, out_dir: Path) -> dict[str, Any]:
     payloads = synthetic_payloads(max(n, worker_n))
+    n, worker_n = min(n, len(payloads)), min(worker_n, len(payloads))
     with private_services() as settings:
         topic = "bench-ingest"
         _create_topic(settings, topic)

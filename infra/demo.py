@@ -8,9 +8,11 @@ the features of a sample user and item as retrieval and ranking would read them 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -27,6 +29,8 @@ from stream.producer import EventProducer
 from stream.sources import read_jsonl_items, read_jsonl_valid
 from stream.worker_process import WorkerProcess
 
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 INVALID_SAMPLES = (b'{"event_id": "x", "type": "purchase"}', b"\x00\x01 not json", b'{"ts": "yesterday"}')
 
 
@@ -39,10 +43,13 @@ def _section(title: str) -> None:
     click.secho(f"\n== {title} ", bold=True)
 
 
-def _produce(settings: Settings, data_dir: Path) -> tuple[int, float]:
+def _produce(settings: Settings, data_dir: Path) -> tuple[int, float, str, str]:
+    """Replay the dataset; returns (events sent, seconds, the most active user, the most shown item)."""
     from tqdm import tqdm
 
     sent = 0
+    by_user: Counter[str] = Counter()
+    by_item: Counter[str] = Counter()
     started = time.perf_counter()
     with EventProducer(settings) as producer:
         for item in read_jsonl_items(data_dir / "items.jsonl"):
@@ -50,10 +57,12 @@ def _produce(settings: Settings, data_dir: Path) -> tuple[int, float]:
         for event in tqdm(read_jsonl_valid(data_dir / "events.jsonl"), desc="replay", unit="ev"):
             producer.send(event)
             sent += 1
+            by_item[event.item_id] += event.type == "impression"
+            by_user[event.user_id] += event.type == "click"
         for bad in INVALID_SAMPLES:
             producer.send_raw(settings.kafka.events_topic, b"demo-bad", bad)
         producer.flush(120)
-    return sent, time.perf_counter() - started
+    return sent, time.perf_counter() - started, by_user.most_common(1)[0][0], by_item.most_common(1)[0][0]
 
 
 def _freshness(settings: Settings, client: FeatureClient, user: str) -> float:
@@ -75,7 +84,7 @@ def _metrics_excerpt(port: int) -> list[str]:
     if not port:
         return []
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
     except OSError:
         return ["(metrics endpoint not reachable)"]
@@ -87,6 +96,7 @@ def _metrics_excerpt(port: int) -> list[str]:
 def run_demo(base: Settings, users: int, items: int, days: int, events: int) -> None:
     """Run the demo end to end; raises a RecstreamError subclass on failure (the CLI prints it)."""
     settings = demo_settings(base)
+    logging.getLogger("stream.producer").setLevel(logging.ERROR)  # transient librdkafka retries stay quiet
     services.down(settings)
     shutil.rmtree(settings.home, ignore_errors=True)
     _section("infra up: Kafka (KRaft, Maven Central jars) + Redis")
@@ -96,18 +106,21 @@ def run_demo(base: Settings, users: int, items: int, days: int, events: int) -> 
         ensure_topics(settings)
         data_dir = settings.home / "data"
         _section(f"generate: {users} users, {items} items, {days} days, ~{events} events")
-        write_dataset(GeneratorConfig(users=users, items=items, days=days, events=events, seed=7), data_dir)
+        end_ms = int(time.time() * 1000) // HOUR_MS * HOUR_MS  # ends at the last full hour: "live" data
+        config = GeneratorConfig(users=users, items=items, days=days, events=events, seed=7,
+                                 start_ms=end_ms - days * DAY_MS)
+        write_dataset(config, data_dir)
         with WorkerProcess(settings, settings.home / "logs" / "worker.log"):
             _section("replay into Kafka while the worker consumes")
-            sent, produce_s = _produce(settings, data_dir)
+            sent, produce_s, user, item = _produce(settings, data_dir)
             click.echo(f"  produced {sent} events (+{len(INVALID_SAMPLES)} invalid) in {produce_s:.1f} s")
             started = time.perf_counter()
             LagProbe(settings).wait_until_caught_up(900)
             total_s = produce_s + time.perf_counter() - started
             click.echo(f"  worker caught up: {sent / total_s:,.0f} events/s end to end")
             client = FeatureClient(settings.redis.effective_url, settings=settings)
-            _show_features(settings, client)
-            fresh = _freshness(settings, client, "u1")
+            _show_features(settings, client, user, item)
+            fresh = _freshness(settings, client, user)
             _section("freshness")
             click.echo(f"  a new click was served {fresh * 1000:.0f} ms after it was produced")
             _section("worker metrics (Prometheus /metrics)")
@@ -117,9 +130,8 @@ def run_demo(base: Settings, users: int, items: int, days: int, events: int) -> 
     click.echo("demo finished: everything stopped.")
 
 
-def _show_features(settings: Settings, client: FeatureClient) -> None:
+def _show_features(settings: Settings, client: FeatureClient, user: str, item: str) -> None:
     r = redis.Redis.from_url(settings.redis.effective_url)
-    user = "u1"
     clicks = client.last_n(user, "click", n=5)
     _section(f"last-N clicks of {user} (newest first)")
     for e in clicks:
@@ -130,8 +142,8 @@ def _show_features(settings: Settings, client: FeatureClient) -> None:
     _section(f"exposure filter for {user}")
     click.echo(f"  candidates: {candidates}")
     click.echo(f"  unseen:     {client.filter_unseen(user, candidates)}")
-    _section(f"statistics of {user} and of item i0")
-    for kind, entity in (("user", user), ("item", "i0")):
+    _section(f"statistics of user {user} and of item {item}")
+    for kind, entity in (("user", user), ("item", item)):
         stats = client.stats(kind, entity)
         for window, values in stats.items():
             shown = ", ".join(f"{k}={v:.3g}" for k, v in values.items() if not k.startswith("log1p"))

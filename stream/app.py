@@ -20,6 +20,8 @@ import redis
 from faust.types import EventT
 
 from infra import metrics
+from infra.errors import InfraError
+from infra.redis_server import redact
 from infra.settings import Settings
 from stream.ingest import EntityStage, IngestStage, ItemMetaStage, Record, StageOutput
 
@@ -114,15 +116,24 @@ def create_app(settings: Settings) -> faust.App:
     async def item_meta(stream: faust.StreamT[bytes]) -> None:
         await run("item-meta", meta_stage, stream)
 
-    @app.task  # type: ignore[untyped-decorator]
-    async def expose_metrics() -> None:
-        metrics.serve(worker.metrics_port)
-        log.info("recstream worker: /metrics on 127.0.0.1:%s", worker.metrics_port)
-
     return app
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT (``recstream worker``)."""
+    url = settings.redis.effective_url
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+    except redis.RedisError as exc:
+        msg = (f"cannot reach Redis at {redact(url)} ({exc}); "
+               "start it with `recstream infra up` or set RECSTREAM_REDIS_URL")
+        raise InfraError(msg) from None
+    port = settings.worker.metrics_port
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        msg = (f"cannot serve /metrics on 127.0.0.1:{port} ({exc.strerror}); another worker may have it: "
+               "set RECSTREAM_WORKER_METRICS_PORT to a free port (0 = no endpoint)")
+        raise InfraError(msg) from None
     app = create_app(settings)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

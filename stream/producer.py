@@ -123,7 +123,11 @@ class EventProducer:
         if self.config.get("logger") is log:  # a private logger per producer, so the filter is ours
             self.config["logger"] = logging.getLogger(f"{log.name}.{id(self):x}")
             self.config["logger"].addFilter(self._log_filter)
-        self._producer = confluent_kafka.Producer(self.config)
+        try:
+            self._producer = confluent_kafka.Producer(self.config)
+        except confluent_kafka.KafkaException as exc:
+            msg = f"invalid producer configuration: {exc.args[0].str() if exc.args else exc}"
+            raise KafkaError(msg) from None
 
     # -- configuration -------------------------------------------------------------------------------
     @staticmethod

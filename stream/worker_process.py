@@ -7,6 +7,8 @@ The child gets the exact settings of the parent through environment variables
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -17,6 +19,14 @@ from types import TracebackType
 
 from infra.errors import InfraError
 from infra.settings import Settings, to_env
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies, so no worker is ever orphaned."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class WorkerProcess:
@@ -40,10 +50,13 @@ class WorkerProcess:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "infra.cli", "worker", "--loglevel", self.loglevel],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         time.sleep(1.0)
         if self._proc.poll() is not None:
-            msg = f"worker exited with code {self._proc.returncode}; see {self.log_path}"
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            last = f" ({lines[-1].removeprefix('error: ')})" if lines else ""
+            msg = f"worker exited with code {self._proc.returncode}{last}; log: {self.log_path}"
             raise InfraError(msg)
         return self
 
