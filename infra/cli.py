@@ -6,47 +6,9 @@ non-zero exit code — never a stack trace.
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import click
 
-from infra.errors import RecstreamError
-from infra.settings import Settings, load_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(func: F) -> F:
-    """Decorator: report project errors as one line and exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RecstreamError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def settings_from_context(ctx: click.Context) -> Settings:
-    """The settings object shared by all sub-commands (loaded once, errors reported cleanly)."""
-    obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        try:
-            obj["settings"] = load_settings()
-        except RecstreamError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-    settings: Settings = obj["settings"]
-    return settings
+from infra.cli_support import friendly_errors, settings_from_context
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,43 +6,15 @@ never a stack trace), 3 = ``status`` found a service stopped.
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
-from infra.errors import RecstreamError
-from infra.settings import Settings, load_settings
+from infra.cli_support import friendly_errors, settings_from_context
+from infra.settings import Settings
 
-F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_RUNNING = 3
-
-
-def _errors_to_exit(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RecstreamError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(ctx: click.Context) -> Settings:
-    """The settings shared with the parent ``recstream`` group (loaded once)."""
-    obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        obj["settings"] = load_settings()
-    settings: Settings = obj["settings"]
-    return settings
 
 
 def _echo_status(settings: Settings) -> bool:
@@ -61,12 +33,12 @@ def infra() -> None:
 
 @infra.command()
 @click.pass_context
-@_errors_to_exit
+@friendly_errors
 def up(ctx: click.Context) -> None:
     """Start Redis and Kafka (reusing running ones) and create the topics."""
     from infra.services import up as services_up
 
-    settings = _settings(ctx)
+    settings = settings_from_context(ctx)
     started = time.monotonic()
     services_up(settings)
     _echo_status(settings)
@@ -75,19 +47,19 @@ def up(ctx: click.Context) -> None:
 
 @infra.command()
 @click.pass_context
-@_errors_to_exit
+@friendly_errors
 def down(ctx: click.Context) -> None:
     """Stop the Kafka broker and Redis server that ``infra up`` started."""
     from infra.services import down as services_down
 
-    stopped = services_down(_settings(ctx))
+    stopped = services_down(settings_from_context(ctx))
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @infra.command()
 @click.pass_context
-@_errors_to_exit
+@friendly_errors
 def status(ctx: click.Context) -> None:
     """Show each service: running/stopped, pid, address, log file (exit 3 unless all are up)."""
-    if not _echo_status(_settings(ctx)):
+    if not _echo_status(settings_from_context(ctx)):
         sys.exit(EXIT_NOT_RUNNING)

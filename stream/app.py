@@ -81,10 +81,10 @@ def create_app(settings: Settings) -> faust.App:
     async def emit(out: StageOutput) -> None:
         for dead in out.dead_letters:
             await dlq.send(key=dead.record.key, value=dead.record.value, headers=dead.headers())
-        for key, value in out.by_item:
-            await by_item.send(key=key, value=value)
-        for key, value in out.by_author:
-            await by_author.send(key=key, value=value)
+        for partition, value in out.messages("item"):
+            await by_item.send(value=value, partition=partition)
+        for partition, value in out.messages("author"):
+            await by_author.send(value=value, partition=partition)
 
     async def run(agent_name: str, stage: Any, stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(n, within=within):  # type: ignore[attr-defined]

@@ -6,20 +6,19 @@ and exit non-zero; Ctrl-C flushes what was queued, prints the summary and exits 
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import msgspec
 from tqdm import tqdm
 
-from infra.errors import InputError, RecstreamError
-from infra.settings import Settings, load_settings
+from infra.cli_support import friendly_errors, settings_from_context
+from infra.errors import InputError
 from stream.events import Event
 from stream.generate import DAY_MS, HOUR_MS, GeneratorConfig, GenStats, write_dataset
 from stream.producer import EventProducer
@@ -35,7 +34,6 @@ from stream.sources import (
 
 __all__ = ["TokenBucket", "generate", "parse_start", "produce"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class TokenBucket:
@@ -94,28 +92,6 @@ def parse_start(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def _cli_errors(func: F) -> F:
-    """Report project errors as ``error: ...`` and exit 1 (no stack traces)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RecstreamError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        obj["settings"] = load_settings()
-    settings: Settings = obj["settings"]
-    return settings
-
-
 def _require_file(path: str, what: str) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -161,7 +137,7 @@ def _count_lines(path: Path) -> int:
 @click.option("--raw", is_flag=True, help="Send lines unvalidated, as they are (dead-letter drills).")
 @click.option("--connect-timeout", default=5.0, show_default=True, help="Seconds for the broker check.")
 @click.pass_context
-@_cli_errors
+@friendly_errors
 def produce(ctx: click.Context, file: str, fmt: str, items_path: str | None, news_path: str | None,
             shift_to_now: bool, rate: float, strict: bool, raw: bool, connect_timeout: float) -> None:
     """Send the events of FILE (JSONL or MIND behaviors.tsv) to the events topic."""
@@ -178,7 +154,7 @@ def produce(ctx: click.Context, file: str, fmt: str, items_path: str | None, new
     if rate < 0:
         msg = f"--rate must be >= 0, got {rate}"
         raise InputError(msg)
-    settings = _settings(ctx)
+    settings = settings_from_context(ctx)
     rejects = Rejects()
     on_error = None if strict else rejects
     topic = settings.kafka.events_topic
@@ -293,7 +269,7 @@ def _send_items(producer: EventProducer, items: Path | None, news: Path | None, 
 @click.option("--rate-per-user", default=30.0, show_default=True, help="Events per user per day.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--start", default=None, help="Epoch ms or ISO date [default: span ends at the last full hour]")
-@_cli_errors
+@friendly_errors
 def generate(out_dir: str, users: int, items: int, days: float, events: int | None,
              rate_per_user: float, seed: int, start: str | None) -> None:
     """Write a synthetic, realistic event stream (deterministic for --seed and --start)."""

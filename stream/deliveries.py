@@ -3,17 +3,22 @@
 A :class:`Delivery` is one message of the user-keyed events topic (its source ``offset`` is what the
 replay guard compares). A :class:`ForwardedDelivery` is a *first* delivery re-published by the user
 stage on the by-item / by-author repartition topic; it carries its source partition and offset so the
-entity stage can guard on them. Both are frozen; forwarded deliveries travel as compact JSON.
+entity stage can guard on them. Both are frozen; forwarded deliveries travel as compact JSON, several
+per message (one message per target partition and batch).
 
 >>> from stream.events import Event
 >>> ev = Event(event_id="e1", type="click", user_id="u1", item_id="i1", ts=1_700_000_000_000)
 >>> d = Delivery(offset=41, event=ev, stats_late=False, category="food", author_id="a1")
 >>> fwd = d.forwarded(partition=3)
->>> raw = encode_forwarded(fwd)
+>>> raw = encode_forwarded_batch([fwd])
 >>> raw
-b'[3,41,{"event_id":"e1","type":"click","user_id":"u1","item_id":"i1","ts":1700000000000},false,"food","a1"]'
->>> decode_forwarded(raw) == fwd
+b'[[3,41,{"event_id":"e1","type":"click","user_id":"u1","item_id":"i1","ts":1700000000000},false,"food","a1"]]'
+>>> decode_forwarded_batch(raw) == [fwd]
 True
+>>> decode_forwarded_batch(b'[[1]]')
+Traceback (most recent call last):
+...
+infra.errors.EventValidationError: invalid_forward: Expected `array` of at least length 3, got 1 - at `$[0]`
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from stream.events import Event
 __all__ = [
     "Delivery",
     "ForwardedDelivery",
-    "decode_forwarded",
-    "encode_forwarded",
+    "decode_forwarded_batch",
+    "encode_forwarded_batch",
 ]
 
 
@@ -69,24 +74,24 @@ class ForwardedDelivery(msgspec.Struct, frozen=True, array_like=True):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ForwardedDelivery)
+_batch_decoder = msgspec.json.Decoder(list[ForwardedDelivery])
 
 
-def encode_forwarded(delivery: ForwardedDelivery) -> bytes:
-    """Compact JSON (an array, the event as an object) for the repartition topic."""
-    return _encoder.encode(delivery)
+def encode_forwarded_batch(deliveries: list[ForwardedDelivery]) -> bytes:
+    """Several forwarded deliveries bound for one repartition partition, as one message (a JSON array).
 
-
-def decode_forwarded(raw: bytes | bytearray | memoryview | str) -> ForwardedDelivery:
-    """Decode a forwarded delivery; raises only :class:`EventValidationError`.
-
-    >>> decode_forwarded(b'[1]')
-    Traceback (most recent call last):
-    ...
-    infra.errors.EventValidationError: invalid_forward: Expected `array` of at least length 3, got 1
+    >>> ev = Event(event_id="e", type="click", user_id="u", item_id="i", ts=5)
+    >>> raw = encode_forwarded_batch([ForwardedDelivery(0, 7, ev), ForwardedDelivery(0, 8, ev)])
+    >>> [d.source_offset for d in decode_forwarded_batch(raw)]
+    [7, 8]
     """
+    return _encoder.encode(deliveries)
+
+
+def decode_forwarded_batch(raw: bytes | bytearray | memoryview | str) -> list[ForwardedDelivery]:
+    """Decode a message of forwarded deliveries; raises only :class:`EventValidationError`."""
     reason = "invalid_forward"
     try:
-        return _decoder.decode(raw)
+        return _batch_decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
         raise EventValidationError(reason, str(exc)) from None

@@ -11,10 +11,6 @@
 --   statuses has one character per event: A applied (first delivery), D duplicate,
 --   R replay of a first delivery, r replay of a duplicate (or of an event beyond the dedup horizon).
 
-local pos = 0
-local function nxt() pos = pos + 1; return ARGV[pos] end
-local function num() return tonumber(nxt()) end
-
 local CHUNK = 2000
 local function chunked(cmd, key, list)
   local total = 0
@@ -32,61 +28,8 @@ local seq_cap, seq_key = {}, {}
 for _ = 1, num() do
   local t = num(); seq_cap[t] = num(); seq_key[t] = KEYS[num()]
 end
-local fp, nbytes, rings = num(), num(), {}
-for r = 1, num() do rings[r] = { tile = num(), slots = num(), word = num() } end
+local layout = read_layout(ttl_tiles)
 
--- ---------------------------------------------------------------- tiles (shared with entity_stats.lua)
-local function tile_add(agg, ts, counter)
-  for r, ring in ipairs(rings) do
-    local tile = math.floor(ts / ring.tile)
-    local slot = tile % ring.slots
-    local byslot = agg[r]
-    if not byslot then byslot = {}; agg[r] = byslot end
-    local cell = byslot[slot]
-    if not cell or cell.tile < tile then
-      cell = { tile = tile, c = { 0, 0, 0, 0, 0, 0 } }; byslot[slot] = cell
-    end
-    if cell.tile == tile then cell.c[counter + 1] = cell.c[counter + 1] + 1 end
-  end
-end
-
-local function tile_apply(key, agg)
-  local get, cells = { 'GET', 'u32', 0 }, {}
-  for r, byslot in pairs(agg) do
-    local ring = rings[r]
-    for slot, cell in pairs(byslot) do
-      cell.bit = (ring.word + slot * 7) * 32
-      cells[#cells + 1] = cell
-      get[#get + 1] = 'GET'; get[#get + 1] = 'u32'; get[#get + 1] = cell.bit
-    end
-  end
-  if #cells == 0 then return end
-  local cur = redis.call('BITFIELD', key, unpack(get))
-  local fresh = cur[1] ~= fp
-  local ops = { 'OVERFLOW', 'SAT' }
-  local function op(kind, bit, value)
-    ops[#ops + 1] = kind; ops[#ops + 1] = 'u32'; ops[#ops + 1] = bit; ops[#ops + 1] = value
-  end
-  if fresh then
-    redis.call('DEL', key)
-    redis.call('SETRANGE', key, nbytes - 1, '\0')
-    op('SET', 0, fp)
-  end
-  for i, cell in ipairs(cells) do
-    local epoch = fresh and 0 or cur[i + 1]
-    if epoch == cell.tile + 1 then
-      for k = 1, 6 do
-        if cell.c[k] > 0 then op('INCRBY', cell.bit + 32 * k, cell.c[k]) end
-      end
-    elseif epoch < cell.tile + 1 then
-      op('SET', cell.bit, cell.tile + 1)
-      for k = 1, 6 do op('SET', cell.bit + 32 * k, cell.c[k]) end
-    end
-  end
-  if #ops > 2 then redis.call('BITFIELD', key, unpack(ops)) end
-  if ttl_tiles > 0 then redis.call('PEXPIRE', key, ttl_tiles) end
-end
--- ---------------------------------------------------------------- end of the shared tile code
 
 local n = num()
 local ev = {}
@@ -152,11 +95,11 @@ for i = 1, n do
       a.list[#a.list + 1] = e.ts; a.list[#a.list + 1] = e.m
     end
     if not e.late then
-      tile_add(agg_user, e.ts, e.t)
+      tile_add(layout, agg_user, e.ts, e.t)
       if e.cat > 0 then
         local agg = agg_cat[e.cat]
         if not agg then agg = {}; agg_cat[e.cat] = agg end
-        tile_add(agg, e.ts, e.t)
+        tile_add(layout, agg, e.ts, e.t)
       end
     end
   end
@@ -187,8 +130,8 @@ for t, a in pairs(adds) do
   out[#out + 1] = redis.call('ZCARD', key)
 end
 
-tile_apply(KEYS[4], agg_user)
-for k, agg in pairs(agg_cat) do tile_apply(KEYS[k], agg) end
+tile_apply(layout, KEYS[4], agg_user)
+for k, agg in pairs(agg_cat) do tile_apply(layout, KEYS[k], agg) end
 
 if maxoff > guard then
   redis.call('HSET', KEYS[1], field, maxoff)

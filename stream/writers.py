@@ -50,10 +50,14 @@ def require_binary_client(client: SyncClient | AsyncClient) -> None:
 
 
 class _Script:
-    """A Lua script shipped in the ``stream`` package, called by its locally computed SHA1."""
+    """A Lua script shipped in the ``stream`` package (with ``tiles_lib.lua`` prepended), called by its
+    locally computed SHA1."""
 
     def __init__(self, name: str) -> None:
-        self.source = resources.files("stream").joinpath(name).read_text(encoding="utf-8")
+        package = resources.files("stream")
+        self.source = package.joinpath("tiles_lib.lua").read_text(encoding="utf-8") + "\n" + package.joinpath(
+            name
+        ).read_text(encoding="utf-8")
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def _queue(self, pipe: Any, calls: Sequence[_Call]) -> None:

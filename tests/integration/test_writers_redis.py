@@ -338,17 +338,6 @@ def test_stats_multi_shapes_and_missing(r: redis.Redis, settings: Settings) -> N
         stats.stats("item", "x", windows=["2h"])
 
 
-def test_lua_scripts_share_the_tile_code() -> None:
-    from importlib import resources
-
-    def block(name: str) -> str:
-        src = resources.files("stream").joinpath(name).read_text()
-        start = src.index("-- ---------------------------------------------------------------- tiles")
-        return src[start : src.index("end of the shared tile code")]
-
-    assert block("user_state.lua") == block("entity_stats.lua")
-
-
 def test_text_clients_are_refused(redis_service: object, settings: Settings) -> None:
     text = redis.Redis.from_url(redis_service.redis_url, decode_responses=True)  # type: ignore[attr-defined]
     for cls in (UserStateWriter, EntityStatsWriter, SequenceReader, StatsReader):
