@@ -265,10 +265,10 @@ def window_counts(
 ) -> npt.NDArray[np.int64]:
     """Counts ``(n, len(windows), len(COUNTERS))`` at time ``at_ms`` from :func:`decode_blobs` rows.
 
-    Vectorised over entities and slots: a window's tiles are one circular range of its ring, i.e. at
-    most two contiguous runs of slots, read as *views* of ``arr`` (no copy); a mask keeps the slots whose
-    epoch is the expected tile (and rows with this layout's header), and one ``einsum`` per run sums
-    mask x counters without materialising the masked values. Never negative; empty, stale, foreign
+    Vectorised over entities and slots: the rows are converted once to native int64, a window's tiles
+    are one circular range of its ring, i.e. at most two contiguous runs of slots, read as views; a mask
+    keeps the slots whose epoch is the expected tile (and rows with this layout's header), and one
+    batched ``matmul`` per run sums mask x counters. Never negative; empty, stale, foreign
     slots count 0.
 
     >>> lay = TileLayout.build({"2h": "1h"}, 0)
@@ -278,8 +278,9 @@ def window_counts(
     [0, 2, 3]
     """
     n = arr.shape[0]
+    words = arr.astype(np.int64)  # one native copy: every later op avoids big-endian byte swaps
     out = np.zeros((n, len(windows), len(COUNTERS)), dtype=np.int64)
-    ok = arr[:, 0] == layout.fingerprint
+    ok = words[:, 0] == layout.fingerprint
     for wi, name in enumerate(windows):
         win = layout.window(name)
         ring = layout.rings[win.ring]
@@ -289,11 +290,10 @@ def window_counts(
             slot = tile % ring.slots
             run = min(remaining, ring.slots - slot)
             first = ring.word_offset + slot * WORDS_PER_SLOT
-            view = arr[:, first : first + run * WORDS_PER_SLOT].reshape(n, run, WORDS_PER_SLOT)
+            view = words[:, first : first + run * WORDS_PER_SLOT].reshape(n, run, WORDS_PER_SLOT)
             live = (view[:, :, 0] == np.arange(tile + 1, tile + 1 + run)[None, :]) & ok[:, None]
-            # float64 sums are exact (< 2**53) and einsum's float kernel beats its casting int path
-            sums = np.einsum("nk,nkc->nc", live.astype(np.float64), view[:, :, 1:].astype(np.float64))
-            out[:, wi, :] += np.rint(sums).astype(np.int64)
+            # (n, 1, run) @ (n, run, counters): mask x counters summed over the run's slots, exact int64
+            out[:, wi, :] += np.matmul(live[:, None, :].astype(np.int64), view[:, :, 1:])[:, 0, :]
             tile += run
             remaining -= run
     return out
