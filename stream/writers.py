@@ -190,8 +190,10 @@ class EntityWriteResult:
         metrics.TILE_UPDATES.labels(kind=self.kind).inc(self.applied)
 
 
-class UserStateWriter:
-    """Applies user-stage batches: ``write`` (sync client) or ``awrite`` (asyncio client)."""
+class _Writer:
+    """What both writers hold: the client, the settings, the tile layout and their Lua script."""
+
+    script_name = ""
 
     def __init__(
         self,
@@ -204,11 +206,23 @@ class UserStateWriter:
         self.client = client
         self.settings = settings
         self.layout = TileLayout.from_settings(settings.stats)
-        self.capacities = sequence_capacities(settings.lastn)
         self.record = record_metrics
-        self._script = _Script("user_state.lua")
-        tiles, dedup, guard = _ttls(settings, self.layout)
-        self._head = [settings.stats.dedup_horizon_ms, tiles, dedup, guard]
+        self._script = _Script(self.script_name)
+        self._ttl_tiles, self._ttl_dedup, self._ttl_guard = _ttls(settings, self.layout)
+        self._setup(settings)
+
+    def _setup(self, settings: Settings) -> None:
+        """Subclass hook: precompute the script's fixed leading arguments."""
+
+
+class UserStateWriter(_Writer):
+    """Applies user-stage batches: ``write`` (sync client) or ``awrite`` (asyncio client)."""
+
+    script_name = "user_state.lua"
+
+    def _setup(self, settings: Settings) -> None:
+        self.capacities = sequence_capacities(settings.lastn)
+        self._head = [settings.stats.dedup_horizon_ms, self._ttl_tiles, self._ttl_dedup, self._ttl_guard]
         self._layout_args = self.layout.lua_args()
 
     def _plan(self, partition: int, deliveries: Sequence[Delivery]) -> tuple[list[_Call], list[list[int]]]:
@@ -303,24 +317,13 @@ class UserStateWriter:
         return self._finish(partition, deliveries, groups, replies)
 
 
-class EntityStatsWriter:
+class EntityStatsWriter(_Writer):
     """Applies forwarded first deliveries to item or author tiles, guarded per source partition."""
 
-    def __init__(
-        self,
-        client: SyncClient | AsyncClient,
-        settings: Settings,
-        *,
-        record_metrics: bool = True,
-    ) -> None:
-        require_binary_client(client)
-        self.client = client
-        self.settings = settings
-        self.layout = TileLayout.from_settings(settings.stats)
-        self.record = record_metrics
-        self._script = _Script("entity_stats.lua")
-        tiles, _, guard = _ttls(settings, self.layout)
-        self._head = [tiles, guard, *self.layout.lua_args()]
+    script_name = "entity_stats.lua"
+
+    def _setup(self, settings: Settings) -> None:
+        self._head = [self._ttl_tiles, self._ttl_guard, *self.layout.lua_args()]
 
     def _plan(
         self, kind: Literal["item", "author"], deliveries: Sequence[ForwardedDelivery]
