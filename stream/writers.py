@@ -3,8 +3,8 @@
 :class:`UserStateWriter` applies a batch of the user-keyed events topic (last-N sequences, user and
 user x category tiles, dedup, replay guard) with ``user_state.lua``; :class:`EntityStatsWriter` applies
 forwarded first deliveries to item or author tiles with ``entity_stats.lua``. Both take a sync
-``redis.Redis`` (``write``) or a ``redis.asyncio.Redis`` (``awrite``, for the Faust agents); scripts
-run by EVALSHA in one non-transactional pipeline, loaded on NOSCRIPT. A batch may be written again
+``redis.Redis`` (the Faust agents call them from a worker thread); scripts run by EVALSHA in one
+non-transactional pipeline, loaded on NOSCRIPT. A batch may be written again
 after a crash: the guard makes the second write a no-op.
 """
 
@@ -17,7 +17,6 @@ from importlib import resources
 from typing import Any, Literal
 
 import redis
-import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from infra import metrics
@@ -38,11 +37,9 @@ __all__ = [
 
 _TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
 _Call = tuple[list[str], list[Any]]
-SyncClient = redis.Redis
-AsyncClient = aredis.Redis
 
 
-def require_binary_client(client: SyncClient | AsyncClient) -> None:
+def require_binary_client(client: redis.Redis) -> None:
     """Feature blobs and sequence members are binary: refuse a client with ``decode_responses=True``."""
     if client.connection_pool.connection_kwargs.get("decode_responses"):
         msg = "recstream feature clients need decode_responses=False (values are binary)"
@@ -75,7 +72,7 @@ class _Script:
                 raise r
         return missing
 
-    def run(self, client: SyncClient, calls: Sequence[_Call]) -> list[Any]:
+    def run(self, client: redis.Redis, calls: Sequence[_Call]) -> list[Any]:
         """EVALSHA every call in one pipeline; on NOSCRIPT load the script and rerun only those calls."""
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
@@ -94,24 +91,6 @@ class _Script:
         msg = "Lua script still missing after SCRIPT LOAD"
         raise StateError(msg)
 
-    async def arun(self, client: AsyncClient, calls: Sequence[_Call]) -> list[Any]:
-        """Async twin of :meth:`run`."""
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
-            self._queue(pipe, [calls[i] for i in todo])
-            got = await pipe.execute(raise_on_error=False)
-            for i, r in zip(todo, got, strict=True):
-                results[i] = r
-            missing = self._check(got)
-            todo = [todo[i] for i in missing]
-            if not todo:
-                return results
-            if attempt == 0:
-                await client.script_load(self.source)
-        msg = "Lua script still missing after SCRIPT LOAD"
-        raise StateError(msg)
 
 
 def _ttls(settings: Settings, layout: TileLayout) -> tuple[int, int, int]:
@@ -197,7 +176,7 @@ class _Writer:
 
     def __init__(
         self,
-        client: SyncClient | AsyncClient,
+        client: redis.Redis,
         settings: Settings,
         *,
         record_metrics: bool = True,
@@ -216,7 +195,7 @@ class _Writer:
 
 
 class UserStateWriter(_Writer):
-    """Applies user-stage batches: ``write`` (sync client) or ``awrite`` (asyncio client)."""
+    """Applies user-stage batches with :meth:`write`."""
 
     script_name = "user_state.lua"
 
@@ -300,20 +279,8 @@ class UserStateWriter(_Writer):
         Raises :class:`~infra.errors.StateError` if a script fails; connection errors propagate (retry
         the whole batch).
         """
-        if not isinstance(self.client, SyncClient):
-            msg = "write() needs a redis.Redis client; use awrite() with redis.asyncio"
-            raise TypeError(msg)
         calls, groups = self._plan(partition, deliveries)
         replies = self._script.run(self.client, calls) if calls else []
-        return self._finish(partition, deliveries, groups, replies)
-
-    async def awrite(self, partition: int, deliveries: Sequence[Delivery]) -> UserWriteResult:
-        """:meth:`write` for a ``redis.asyncio.Redis`` client (what the Faust agents use)."""
-        if not isinstance(self.client, AsyncClient):
-            msg = "awrite() needs a redis.asyncio.Redis client"
-            raise TypeError(msg)
-        calls, groups = self._plan(partition, deliveries)
-        replies = await self._script.arun(self.client, calls) if calls else []
         return self._finish(partition, deliveries, groups, replies)
 
 
@@ -365,20 +332,6 @@ class EntityStatsWriter(_Writer):
     ) -> EntityWriteResult:
         """Apply one batch of forwarded deliveries to ``kind`` tiles (deliveries without an author are
         skipped for ``author``). Idempotent under replays, like :meth:`UserStateWriter.write`."""
-        if not isinstance(self.client, SyncClient):
-            msg = "write() needs a redis.Redis client; use awrite() with redis.asyncio"
-            raise TypeError(msg)
         calls, no_entity = self._plan(kind, deliveries)
         replies = self._script.run(self.client, calls) if calls else []
-        return self._finish(kind, replies, no_entity)
-
-    async def awrite(
-        self, kind: Literal["item", "author"], deliveries: Sequence[ForwardedDelivery]
-    ) -> EntityWriteResult:
-        """:meth:`write` for a ``redis.asyncio.Redis`` client."""
-        if not isinstance(self.client, AsyncClient):
-            msg = "awrite() needs a redis.asyncio.Redis client"
-            raise TypeError(msg)
-        calls, no_entity = self._plan(kind, deliveries)
-        replies = await self._script.arun(self.client, calls) if calls else []
         return self._finish(kind, replies, no_entity)

@@ -7,7 +7,6 @@ must equal a brute-force reference computed from the raw deliveries.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import redis
-import redis.asyncio as aredis
 
 from infra.settings import EVENT_TYPES, Settings
 from serving import keys
@@ -307,23 +305,6 @@ def test_duplicate_beyond_dedup_horizon_never_doubles_an_entry(r: redis.Redis, s
     res = users.write(0, [Delivery(2, old, stats_late=True)])
     assert res.duplicates == 1
     assert [e.event_id for e in SequenceReader(r, settings).last_n("u", "share")] == ["new", "old"]
-
-
-def test_async_writer(redis_service: object, r: redis.Redis, settings: Settings) -> None:
-    async def go() -> list[bool]:
-        client = aredis.Redis.from_url(redis_service.redis_url)  # type: ignore[attr-defined]
-        try:
-            ev = Event(event_id="a", type="click", user_id="u", item_id="i", ts=T0)
-            res = await UserStateWriter(client, settings).awrite(1, [Delivery(0, ev), Delivery(1, ev)])
-            await EntityStatsWriter(client, settings).awrite("item", res.forwards())
-            return res.first
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(go()) == [True, False]
-    assert StatsReader(r, settings).stats("item", "i", ["1d"], ["click"], at=T0 + 1)["1d"]["click"] == 1.0
-    with pytest.raises(TypeError):
-        asyncio.run(UserStateWriter(r, settings).awrite(0, []))
 
 
 def test_stats_multi_shapes_and_missing(r: redis.Redis, settings: Settings) -> None:
