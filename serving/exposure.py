@@ -139,34 +139,33 @@ class ExposureReader:
         reply: list[bytes] = self.script([keys.bloom_index(user_id, v)], args)
         return reply
 
-    def _mask(self, user_id: str, ids: Sequence[str], at: int | None) -> BoolArray:
-        check_user(user_id)
-        if at is not None and (not isinstance(at, int) or isinstance(at, bool)):
-            msg = f"at must be epoch ms (int) or None, got {at!r}"
-            raise InputError(msg)
-        check_ids(ids, "candidate ids")
-        if not ids:
-            return np.zeros(0, dtype=np.bool_)
-        reply = self.live_bitmaps(user_id, at)
-        BLOOM_CHECKS.inc(len(ids))
-        return seen_in_reply(reply, ids, self.bloom.hash_version)
-
     def seen(self, user_id: str, ids: Iterable[str], at: int | None = None) -> list[bool]:
         """For each id (input order): was it exposed to ``user_id`` in a slice live at ``at``?"""
-        out: list[bool] = self._mask(user_id, _as_seq(ids), at).tolist()
+        ids = _as_seq(ids)
+        check_ids(ids, "candidate ids")
+        if not ids:
+            return []
+        out: list[bool] = self._mask_in_reply(self.live_bitmaps(user_id, at), ids).tolist()
         return out
 
     def filter_unseen(self, user_id: str, candidate_ids: Iterable[str], at: int | None = None) -> list[str]:
         """The candidates not (probably) exposed to ``user_id`` yet, input order kept."""
         candidate_ids = _as_seq(candidate_ids)
-        mask = self._mask(user_id, candidate_ids, at)
-        BLOOM_FILTERED.inc(int(np.count_nonzero(mask)))
-        return list(itertools.compress(candidate_ids, (~mask).tolist()))
+        check_ids(candidate_ids, "candidate ids")
+        if not candidate_ids:
+            return []
+        return self._unseen_in_reply(self.live_bitmaps(user_id, at), candidate_ids)
 
     def filter_unseen_in_reply(self, reply: Sequence[bytes], candidate_ids: Sequence[str]) -> list[str]:
         """The compute part of :meth:`filter_unseen` on an already fetched reply (benchmarks, tests)."""
         check_ids(candidate_ids, "candidate ids")
-        BLOOM_CHECKS.inc(len(candidate_ids))
-        mask = seen_in_reply(reply, candidate_ids, self.bloom.hash_version)
-        BLOOM_FILTERED.inc(int(np.count_nonzero(mask)))
-        return list(itertools.compress(candidate_ids, (~mask).tolist()))
+        return self._unseen_in_reply(reply, candidate_ids)
+
+    def _mask_in_reply(self, reply: Sequence[bytes], ids: Sequence[str]) -> BoolArray:
+        BLOOM_CHECKS.inc(len(ids))
+        return seen_in_reply(reply, ids, self.bloom.hash_version)
+
+    def _unseen_in_reply(self, reply: Sequence[bytes], candidate_ids: Sequence[str]) -> list[str]:
+        unseen = ~self._mask_in_reply(reply, candidate_ids)
+        BLOOM_FILTERED.inc(len(candidate_ids) - int(np.count_nonzero(unseen)))
+        return list(itertools.compress(candidate_ids, unseen.tolist()))
