@@ -24,14 +24,9 @@ import itertools
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +34,8 @@ import mmh3
 import numpy as np
 import pybloom_live
 import rbloom
-import redis
 
+from bench.common import private_redis
 from filters.bloom import item_hashes, optimal_bits, positions
 from filters.slices import SlicePlan
 from filters.store import ExposureWriter
@@ -51,35 +46,6 @@ T0 = 1_780_000_000_000 // MS_PER_DAY * MS_PER_DAY
 DAYS = 31
 PER_DAY = 200
 CANDIDATES = 1000
-
-
-@contextmanager
-def redis_server(url: str | None) -> Iterator[redis.Redis]:
-    """The given Redis, or a private redis-server on a free port in a temp dir (killed by its pid)."""
-    if url:
-        yield redis.Redis.from_url(url)
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="bloom-bench-") as tmp:
-        proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            client = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            yield client
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def rb_hash(item: str) -> int:
@@ -120,7 +86,7 @@ def run(url: str | None, quick: bool) -> dict[str, Any]:
     optimum = optimal_bits(PER_DAY, plan.slice_fpr) / PER_DAY
     impls: dict[str, dict[str, Any]] = {}
 
-    with redis_server(url) as r:
+    with private_redis(url) as (r, _redis_settings):
         user = "bench-user"
         for k in r.scan_iter("rs1:{u:bench-*"):
             r.delete(k)

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from infra import services
+import redis
+
+from infra import redis_server, services
 from infra.settings import Settings
 
 
@@ -41,6 +43,23 @@ def private_services(partitions: int = 8) -> Iterator[Settings]:
         )
         with services.running(settings):
             yield settings
+
+
+@contextmanager
+def private_redis(url: str | None = None, **overrides: Any) -> Iterator[tuple[redis.Redis, Settings]]:
+    """The Redis at ``url``, or a redis-server of the benchmark's own on a free port in a temp home
+    (started and stopped through :mod:`infra.redis_server`); yields ``(client, settings)``."""
+    if url:
+        yield redis.Redis.from_url(url), Settings(redis={"url": url}, **overrides)
+        return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix="recstream-bench-") as home:
+        settings = Settings(home=Path(home), redis={"port": free_port()}, **overrides)
+        redis_server.start(settings)
+        try:
+            yield redis.Redis.from_url(settings.redis.effective_url), settings
+        finally:
+            redis_server.stop(settings)
 
 
 def percentiles(samples_s: Sequence[float]) -> dict[str, float]:

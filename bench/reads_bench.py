@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,7 @@ from typing import Any
 
 import redis
 
-from bench.common import free_port, percentiles, write_results
-from infra import redis_server
+from bench.common import percentiles, private_redis, write_results
 from infra.settings import ACTIONS, EVENT_TYPES, Settings
 from serving import keys
 from serving.sequences import SequenceReader
@@ -131,17 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"lastn": {"capacity": {"click": 2_000, "like": 100, "collect": 100,
                                                          "share": 50, "comment": 50}}}
-    if args.redis_url:
-        settings = Settings(redis={"url": args.redis_url}, **overrides)
-        out = run(redis.Redis.from_url(args.redis_url), settings, args.iterations)
-    else:
-        with tempfile.TemporaryDirectory(prefix="recstream-reads-") as home:
-            settings = Settings(home=Path(home), redis={"port": free_port()}, **overrides)
-            redis_server.start(settings)
-            try:
-                out = run(redis.Redis.from_url(settings.redis.effective_url), settings, args.iterations)
-            finally:
-                redis_server.stop(settings)
+    with private_redis(args.redis_url, **overrides) as (client, settings):
+        out = run(client, settings, args.iterations)
     table = [["operation", "p50 µs", "p99 µs", "mean µs"]]
     for name, p in out["latency"].items():
         table.append([name, f"{p['p50_us']:.0f}", f"{p['p99_us']:.0f}", f"{p['mean_us']:.0f}"])
