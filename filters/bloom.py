@@ -21,7 +21,7 @@ Sizing (n items, target false-positive rate δ)::
 >>> f.contains_many(["c", "d"]).tolist()
 [True, False]
 
-Hash scheme (version 1, :func:`item_hashes`): one MurmurHash3 x64 128-bit call per item (UTF-8 bytes,
+Hash scheme (version 1, :func:`item_hashes`): one MurmurHash3 x64 128-bit digest per item (UTF-8 bytes,
 seed :data:`HASH_SEEDS` [1]); ``h1``, ``h3``, ``h2`` = bytes 0..3, 4..7, 8..11 of the digest as
 little-endian uint32, ``h2`` forced odd. Probe ``j`` (0 ≤ j < k) is at bit offset ``x_j · m >> 32`` with
 ``x_j = (h1 + j·h2 + j(j−1)/2·h3) mod 2³²`` (triple hashing, mapped to ``[0, m)`` by multiply-shift
@@ -35,17 +35,15 @@ stay below 2⁵³; the sum before the modulo stays below 2⁴⁵ for k ≤ 90).
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import mmh3
 import numpy as np
 import numpy.typing as npt
 from bitarray import bitarray
 
+from filters.murmur import hash128_many
 from infra.errors import IncompatibleFilterError, InputError
 
 LN2 = math.log(2)
@@ -133,41 +131,28 @@ def _check_sizing(n: int, fpr: float) -> None:
 
 
 # --- hashing ----------------------------------------------------------------------------------------
-def check_ids(ids: Sequence[Any], what: str = "item ids") -> None:
-    """Raise :class:`InputError` unless ``ids`` is a sequence of ``str`` (cheap: one ``str.join``).
+def item_hashes(items: Sequence[str], hash_version: int = 1, what: str = "item ids") -> Hashes:
+    """Rows ``h1, h2, h3`` (uint32, shape (3, n)) of the hash scheme ``hash_version``.
 
-    >>> check_ids(["a", "b"])
-    >>> check_ids(["a", 3])
-    Traceback (most recent call last):
-    ...
-    infra.errors.InputError: item ids must be str: sequence item 1: expected str instance, int found
-    """
-    if isinstance(ids, str | bytes):
-        msg = f"{what} must be a sequence of str, not a single {type(ids).__name__}"
-        raise InputError(msg)
-    try:
-        "".join(ids)
-    except TypeError as exc:
-        msg = f"{what} must be str: {exc}"
-        raise InputError(msg) from None
-
-
-def item_hashes(items: Sequence[str], hash_version: int = 1) -> Hashes:
-    """Rows ``h1, h2, h3`` (uint32, shape (3, n)) of the hash scheme ``hash_version``, one call per item.
+    The one MurmurHash3 digest per item comes from :func:`filters.murmur.hash128_many`, which also
+    validates: anything but a sequence of ``str`` raises :class:`InputError` naming ``what``.
 
     >>> h = item_hashes(["a", "b"])
     >>> h.shape, h.dtype, bool((h[1] & 1).all())
     ((3, 2), dtype('uint32'), True)
     >>> item_hashes(["x"])[:, 0].tolist() == item_hashes(["y", "x"])[:, 1].tolist()
     True
+    >>> item_hashes(["a", 3])
+    Traceback (most recent call last):
+    ...
+    infra.errors.InputError: item ids must be str: sequence item 1: expected str instance, int found
     """
     try:
         seed = HASH_SEEDS[hash_version]
     except KeyError:
         msg = f"unknown Bloom hash scheme version {hash_version}; known: {sorted(HASH_SEEDS)}"
         raise IncompatibleFilterError(msg) from None
-    raw = b"".join(map(mmh3.hash_bytes, items, itertools.repeat(seed)))
-    words = np.frombuffer(raw, dtype="<u4").reshape(-1, 4).T  # rows: bytes 0..3, 4..7, 8..11, 12..15
+    words = hash128_many(items, seed, what).view("<u4").T  # rows: digest bytes 0..3, 4..7, 8..11, 12..15
     out = np.empty((3, words.shape[1]), dtype=np.uint32)
     out[0] = words[0]
     out[1] = words[2] | np.uint32(1)
@@ -200,58 +185,6 @@ def _probe_coefficients(k: int) -> tuple[U32Array, U32Array]:
     j.flags.writeable = False
     tri.flags.writeable = False
     return j, tri
-
-
-# --- union membership over many same-shape filters ---------------------------------------------------
-_SHIFTS = np.arange(8, dtype=np.uint64)[None, :, None]
-_ITEM_CHUNK = 1 << 16
-_WORD_TYPES = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def union_contains(
-    bitmaps: Sequence[bytes], m: int, k: int, hashes: Hashes
-) -> BoolArray:
-    """For each item: is it in at least one of ``bitmaps`` (filters with the same m, k)?
-
-    The bitmaps are bit-transposed so that one machine word holds the same bit offset of up to 64
-    filters; a probe then tests all filters at once and the k probes are ANDed word-wise.
-    Bitmaps shorter than ⌈m/8⌉ bytes (a Redis key never written that far) are zero-padded.
-
-    >>> a, b = BloomFilter.for_capacity(10, 0.01), BloomFilter.for_capacity(10, 0.01)
-    >>> _ = a.add_many(["x"]); _ = b.add_many(["y"])
-    >>> union_contains([a.to_bytes(), b.to_bytes()], a.m, a.k, item_hashes(["x", "y", "z"])).tolist()
-    [True, True, False]
-    """
-    n = hashes.shape[1]
-    seen = np.zeros(n, dtype=np.bool_)
-    if not bitmaps or n == 0:
-        return seen
-    nbytes = (m + 7) // 8
-    for start in range(0, len(bitmaps), 64):
-        words = _transpose(bitmaps[start : start + 64], nbytes)
-        for lo in range(0, n, _ITEM_CHUNK):  # bounded temporaries for very many items
-            pos = positions(hashes[:, lo : lo + _ITEM_CHUNK], m, k)
-            seen[lo : lo + _ITEM_CHUNK] |= np.bitwise_and.reduce(words[pos], axis=0) != 0
-    return seen
-
-
-def _transpose(chunk: Sequence[bytes], nbytes: int) -> npt.NDArray[Any]:
-    """(g ≤ 64 bitmaps of nbytes) -> array of 8·nbytes words, bit r of word p = bit p of bitmap r."""
-    g = len(chunk)
-    width = 1 if g <= 8 else 2 if g <= 16 else 4 if g <= 32 else 8  # bytes per word
-    if all(len(b) == nbytes for b in chunk):
-        pad = bytes((8 * width - g) * nbytes)
-        rows = np.frombuffer(b"".join(chunk) + pad, dtype=np.uint8).reshape(8 * width, nbytes)
-    else:
-        rows = np.zeros((8 * width, nbytes), dtype=np.uint8)
-        for r, b in enumerate(chunk):
-            data = np.frombuffer(b[:nbytes], dtype=np.uint8)
-            rows[r, : data.shape[0]] = data
-    bits = np.unpackbits(rows, axis=1)  # (8·width, 8·nbytes) of 0/1, MSB first = Redis order
-    # 8 consecutive rows -> one byte per bit offset: 8 bit-bytes per uint64, shifted by row and summed.
-    packed = (bits.view(np.uint64).reshape(width, 8, nbytes) << _SHIFTS).sum(axis=1, dtype=np.uint64)
-    per_offset = packed.view(np.uint8).reshape(width, 8 * nbytes)  # byte w of every offset
-    return np.ascontiguousarray(per_offset.T).view(_WORD_TYPES[width]).reshape(-1)
 
 
 # --- the filter ---------------------------------------------------------------------------------------
@@ -320,7 +253,6 @@ class BloomFilter:
         return self.params.k
 
     def _positions(self, items: Sequence[str]) -> npt.NDArray[np.intp]:
-        check_ids(items)
         return positions(item_hashes(items, self.params.hash_version), self.m, self.k)
 
     def add(self, item: str) -> bool:

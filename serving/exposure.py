@@ -2,7 +2,8 @@
 
 One Redis round trip per call: the read-only script ``filters/exposure_read.lua`` returns the bitmaps of
 every live (sub-)slice with their stored parameters; the membership test then runs vectorised in numpy
-(one MurmurHash3 call per candidate, the bitmaps bit-transposed so one word covers up to 64 slices).
+(one MurmurHash3 digest per candidate, the bitmaps bit-transposed so one word covers up to 64 slices;
+both in compiled loops, filters/murmur.py and filters/union.py).
 
 A slice is live at ``at`` (epoch ms, default now) iff ``start ≤ at`` and ``end > at − retention``: an
 exposure is reported seen for at least ``retention_days`` after it happened and forgotten once its whole
@@ -26,9 +27,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import redis
 
-from filters.bloom import BoolArray, check_ids, item_hashes, union_contains
+from filters.bloom import BoolArray, Hashes, item_hashes
 from filters.slices import SlicePlan, decode_params
 from filters.store import LuaScript, check_user, slice_key_prefix
+from filters.union import union_contains
 from infra.errors import InputError
 from infra.metrics import (
     BLOOM_BYTES_PER_USER,
@@ -60,12 +62,20 @@ def seen_in_reply(
 ) -> BoolArray:
     """Pure part of a query: which ``ids`` are in any bitmap of a read-script reply.
 
-    ``reply`` is the flat ``[params, bitmap, params, bitmap, ...]`` list; bitmaps are grouped by their
-    parameters (normally one group: sub-slice 0 of every live slice) and tested group-wise.
-    With ``observe`` the slice and byte histograms are updated, and on one query in
-    :data:`FPR_SAMPLE_EVERY` the estimated-FPR histogram (it needs a popcount of every bitmap).
+    ``reply`` is the flat ``[params, bitmap, params, bitmap, ...]`` list. Raises :class:`InputError`
+    unless ``ids`` is a sequence of ``str``. See :func:`seen_in_hashes` for ``observe``.
     """
-    n = len(ids)
+    return seen_in_hashes(reply, item_hashes(ids, hash_version, "candidate ids"), observe)
+
+
+def seen_in_hashes(reply: Sequence[bytes], hashes: Hashes, observe: bool = True) -> BoolArray:
+    """:func:`seen_in_reply` for already hashed ids (columns of ``hashes``).
+
+    Bitmaps are grouped by their parameters (normally one group: sub-slice 0 of every live slice)
+    and tested group-wise. With ``observe`` the slice and byte histograms are updated, and on one
+    query in :data:`FPR_SAMPLE_EVERY` the estimated-FPR histogram (it needs a popcount of every bitmap).
+    """
+    n = hashes.shape[1]
     if not reply or n == 0:
         if observe:
             BLOOM_SLICES_PER_USER.observe(0)
@@ -75,7 +85,6 @@ def seen_in_reply(
     groups: dict[bytes, list[bytes]] = {}
     for raw, bitmap in zip(reply[::2], reply[1::2], strict=True):
         groups.setdefault(raw, []).append(bitmap)
-    hashes = item_hashes(ids, hash_version)
     seen: BoolArray | None = None
     for raw, bitmaps in groups.items():
         m, k, _cap = _params(raw)
@@ -106,7 +115,7 @@ def estimated_query_fpr(reply: Sequence[bytes]) -> float:
 
 def _as_seq(ids: Iterable[str]) -> Sequence[str]:
     if isinstance(ids, list | tuple | str | bytes):
-        return ids  # a lone str/bytes is rejected by check_ids with a clear message
+        return ids  # a lone str/bytes is rejected by item_hashes with a clear message
     return list(ids)
 
 
@@ -118,6 +127,9 @@ class ExposureReader:
         self.bloom = settings.bloom
         self.plan = SlicePlan.from_settings(settings.bloom)
         self.script = LuaScript(redis_client, "exposure_read.lua")
+        # compile the hash and membership loops (or load them from numba's disk cache) now, so that
+        # the first query does not pay for it
+        seen_in_reply([b"8,1,1", b"\0"], ["warm-up"], observe=False)
 
     @classmethod
     def from_url(cls, redis_url: str | None = None, settings: Settings | None = None) -> ExposureReader:
@@ -142,30 +154,33 @@ class ExposureReader:
     def seen(self, user_id: str, ids: Iterable[str], at: int | None = None) -> list[bool]:
         """For each id (input order): was it exposed to ``user_id`` in a slice live at ``at``?"""
         ids = _as_seq(ids)
-        check_ids(ids, "candidate ids")
+        hashes = self._hashes(ids)
         if not ids:
             return []
-        out: list[bool] = self._mask_in_reply(self.live_bitmaps(user_id, at), ids).tolist()
+        out: list[bool] = self._mask(self.live_bitmaps(user_id, at), hashes).tolist()
         return out
 
     def filter_unseen(self, user_id: str, candidate_ids: Iterable[str], at: int | None = None) -> list[str]:
         """The candidates not (probably) exposed to ``user_id`` yet, input order kept."""
         candidate_ids = _as_seq(candidate_ids)
-        check_ids(candidate_ids, "candidate ids")
+        hashes = self._hashes(candidate_ids)
         if not candidate_ids:
             return []
-        return self._unseen_in_reply(self.live_bitmaps(user_id, at), candidate_ids)
+        return self._unseen(self.live_bitmaps(user_id, at), candidate_ids, hashes)
 
     def filter_unseen_in_reply(self, reply: Sequence[bytes], candidate_ids: Sequence[str]) -> list[str]:
         """The compute part of :meth:`filter_unseen` on an already fetched reply (benchmarks, tests)."""
-        check_ids(candidate_ids, "candidate ids")
-        return self._unseen_in_reply(reply, candidate_ids)
+        return self._unseen(reply, candidate_ids, self._hashes(candidate_ids))
 
-    def _mask_in_reply(self, reply: Sequence[bytes], ids: Sequence[str]) -> BoolArray:
-        BLOOM_CHECKS.inc(len(ids))
-        return seen_in_reply(reply, ids, self.bloom.hash_version)
+    def _hashes(self, ids: Sequence[str]) -> Hashes:
+        """Hash (and so validate) the candidates before anything is asked of Redis."""
+        return item_hashes(ids, self.bloom.hash_version, "candidate ids")
 
-    def _unseen_in_reply(self, reply: Sequence[bytes], candidate_ids: Sequence[str]) -> list[str]:
-        unseen = ~self._mask_in_reply(reply, candidate_ids)
+    def _mask(self, reply: Sequence[bytes], hashes: Hashes) -> BoolArray:
+        BLOOM_CHECKS.inc(hashes.shape[1])
+        return seen_in_hashes(reply, hashes)
+
+    def _unseen(self, reply: Sequence[bytes], candidate_ids: Sequence[str], hashes: Hashes) -> list[str]:
+        unseen = ~self._mask(reply, hashes)
         BLOOM_FILTERED.inc(len(candidate_ids) - int(np.count_nonzero(unseen)))
-        return list(itertools.compress(candidate_ids, unseen.tolist()))
+        return list(itertools.compress(candidate_ids, unseen.view(np.uint8).tobytes()))

@@ -16,7 +16,6 @@ from filters.bloom import (
     MAX_BITS_EXACT,
     BloomFilter,
     BloomParams,
-    check_ids,
     false_positive_rate,
     fpr_from_fill,
     item_hashes,
@@ -26,9 +25,9 @@ from filters.bloom import (
     positions,
     seed_bits,
     seed_hashes,
-    union_contains,
 )
 from filters.slices import SlicePlan
+from filters.union import union_contains
 from infra.errors import IncompatibleFilterError, InputError
 
 HASHES_EMPTY = [3677479568, 3230441427, 795342133]
@@ -201,10 +200,10 @@ def test_measured_fpr_matches_design() -> None:
     assert f.estimated_fpr() == pytest.approx(fpr, rel=0.15)
 
 
-@pytest.mark.parametrize("bad", [["a", 1], ["a", b"b"], ["a", None], "abc", b"abc"])
-def test_check_ids_rejects_non_strings(bad: object) -> None:
+@pytest.mark.parametrize("bad", [["a", 1], ["a", b"b"], ["a", None], "abc", b"abc", ["ok", "\udc80"]])
+def test_item_hashes_rejects_non_strings(bad: object) -> None:
     with pytest.raises(InputError):
-        check_ids(bad)  # type: ignore[arg-type]
+        item_hashes(bad)  # type: ignore[arg-type]
 
 
 def test_contains_non_string_is_false() -> None:
@@ -280,6 +279,23 @@ def test_union_contains_equals_any_of_the_filters(n_filters: int, m: int) -> Non
         expected |= f.contains_many(probes)
     got = union_contains([f.to_bytes() for f in filters], m, 4, item_hashes(probes))
     assert got.tolist() == expected.tolist()
+
+
+def test_union_contains_matches_positions_beyond_exact_double_range() -> None:
+    m, k = MAX_BITS_EXACT + 13, 30  # the uint64 branch of positions(), many probes
+    filters = [BloomFilter(BloomParams(m, k)) for _ in range(3)]
+    for g, f in enumerate(filters):
+        f.add_many([f"big{g}-{j}" for j in range(500)])
+    probes = [f"big{j % 3}-{j}" for j in range(600)] + [f"no-{j}" for j in range(2000)]
+    expected = filters[0].contains_many(probes) | filters[1].contains_many(probes) | filters[2].contains_many(probes)
+    got = union_contains([f.to_bytes() for f in filters], m, k, item_hashes(probes))
+    assert got.tolist() == expected.tolist()
+    assert got[:600].sum() > 150  # members of each filter are found (the comparison is not vacuous)
+
+
+def test_union_contains_rejects_huge_m() -> None:
+    with pytest.raises(InputError):
+        union_contains([b"\x00"], 1 << 32, 3, item_hashes(["a"]))
 
 
 def test_union_contains_pads_short_bitmaps() -> None:
