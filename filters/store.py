@@ -92,6 +92,7 @@ class ExposureWriter:
             self.plan.retention_ms + self.plan.slice_ms + self.bloom.safety_ttl_days * MS_PER_DAY
         ) // 1000
         self.deleted_slices = 0
+        item_hashes(["warm-up"])  # compile the hash loop (or load it from numba's cache) before the first batch
 
     def add(self, impressions: Mapping[str, Sequence[tuple[str, int]]], watermark_ms: int) -> int:
         """Add ``user_id -> [(item_id, ts_ms), ...]``; returns how many impressions were new.
