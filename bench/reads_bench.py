@@ -98,7 +98,7 @@ def run(client: redis.Redis, settings: Settings, iterations: int) -> dict[str, A
         lambda: stats.stats_multi("item", items, windows, ACTIONS, at=NOW), iterations // 2)
     results["  of which MGET alone"] = timed(lambda: client.mget(stats_keys), iterations // 2)
     blobs = client.mget(stats_keys)
-    results["  of which numpy decode + features"] = timed(
+    results["  of which decode + window sums + features"] = timed(
         lambda: stats.compute(blobs, items, windows, ACTIONS, at=NOW), iterations // 2)
     matrix = stats.stats_multi("item", items, windows, ACTIONS, at=NOW)
     results["StatsMatrix.to_dicts (1000 dicts of dicts)"] = timed(matrix.to_dicts, iterations // 4)
