@@ -44,36 +44,41 @@ import argparse
 import json
 import math
 import os
-import random
 import re
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import redis
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from bench.common import private_services, write_results
+from bench.stats_reference import (
+    TILE_ALIGN_MS,
+    Counts,
+    Payload,
+    choose_sample,
+    compare,
+    make_events,
+    payloads_of,
+    recstream_check,
+    reference_counts,
+    window_bounds,
+)
+from bench.stats_report import build_table, notes_for
 from infra.kafka_broker import running_pid
 from infra.settings import EVENT_TYPES, Settings
-from stream.events import Event, encode
-from stream.generate import DAY_MS, GeneratorConfig, World, generate_events
 from stream.lag import LagProbe
 from stream.producer import EventProducer
-from stream.tiles import parse_duration
 from stream.worker_process import WorkerProcess
 
-KINDS: tuple[str, ...] = ("user", "user_category", "item", "author")
-TILE_ALIGN_MS = 300_000  # the smallest tile (5m): the event span and the query time are aligned to it
 FAUST_TOPIC = "bench-stats-faust"
-Payload = tuple[bytes, bytes]
-Counts = dict[str, dict[str, dict[str, dict[str, int]]]]  # kind -> entity -> window -> type -> count
+
 _FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("stats tiles", re.compile(r":st(:c:.+)?$")),
     ("exposure Bloom", re.compile(r":bf\d+(:|$)")),
@@ -83,92 +88,6 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("watermarks", re.compile(r"^rs1:wm:")),
     ("item meta", re.compile(r":meta$")),
 )
-
-
-# -- events and the reference ------------------------------------------------------------------------------
-
-
-def make_events(n: int, days: float, seed: int = 5) -> list[Event]:
-    """The last ``n`` of a little more synthetic events, whose event time ends at the current 5-minute
-    boundary, with category and author filled in from the item metadata. (The last, not the first: the
-    generator emits in time order, and the span must end *now* for Faust's wall-clock expiry.)"""
-    now_ms = int(time.time() * 1000)
-    start = (now_ms - int(days * DAY_MS)) // TILE_ALIGN_MS * TILE_ALIGN_MS
-    cfg = GeneratorConfig(users=max(100, n // 50), items=max(500, n // 20), days=days,
-                          events=n + n // 10 + 50, seed=seed, start_ms=start)
-    world = World(cfg)
-    out: list[Event] = []
-    for ev in generate_events(cfg, world):
-        meta = world.item_meta(int(ev.item_id[1:]))
-        out.append(msgspec.structs.replace(ev, category=meta.category, author_id=meta.author_id))
-    return out[-n:]
-
-
-def payloads_of(events: Sequence[Event]) -> list[Payload]:
-    """(key, value) as on the wire: keyed by user, the event contract's JSON."""
-    return [(ev.user_id.encode(), encode(ev)) for ev in events]
-
-
-def entities_of(ev: Event) -> dict[str, str]:
-    """The statistics entities one event counts for, as strings (``user_category`` = ``user|category``)."""
-    out = {"user": ev.user_id, "item": ev.item_id}
-    if ev.category is not None:
-        out["user_category"] = f"{ev.user_id}|{ev.category}"
-    if ev.author_id is not None:
-        out["author"] = ev.author_id
-    return out
-
-
-def choose_sample(events: Sequence[Event], per_kind: int = 3, seed: int = 11) -> list[tuple[str, str]]:
-    """The ``per_kind`` busiest entities of each kind plus ``per_kind`` random ones."""
-    rng = random.Random(seed)
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for ev in events:
-        for kind, entity in entities_of(ev).items():
-            counts[kind][entity] += 1
-    sample: list[tuple[str, str]] = []
-    for kind in KINDS:
-        busiest = [e for e, _ in counts[kind].most_common(per_kind)]
-        rest = sorted(set(counts[kind]) - set(busiest))
-        sample += [(kind, e) for e in busiest + rng.sample(rest, min(per_kind, len(rest)))]
-    return sample
-
-
-def window_bounds(settings: Settings, at_ms: int, mode: str) -> dict[str, tuple[int, int]]:
-    """``[start, end)`` per window: recstream's window at ``T`` = hopping ``[E - W, E)`` with
-    ``E = ceil(T / tile) * tile``; tumbling = the epoch-aligned bucket of size ``W`` holding ``E - 1``."""
-    out = {}
-    for window, tile in settings.stats.windows.items():
-        size, t = parse_duration(window), parse_duration(tile)
-        end = math.ceil(at_ms / t) * t
-        if mode == "tumbling":
-            start = (end - 1) // size * size
-            out[window] = (start, start + size)
-        else:
-            out[window] = (end - size, end)
-    return out
-
-
-def reference_counts(
-    events: Sequence[Event], sample: Sequence[tuple[str, str]], bounds: dict[str, tuple[int, int]], dedup: bool
-) -> Counts:
-    """Brute-force counts of the sampled entities over the produced events, in ``bounds``."""
-    wanted = set(sample)
-    out: Counts = {}
-    for kind, entity in sample:
-        out.setdefault(kind, {})[entity] = {w: dict.fromkeys(EVENT_TYPES, 0) for w in bounds}
-    seen: set[str] = set()
-    for ev in events:
-        if dedup:
-            if ev.event_id in seen:
-                continue
-            seen.add(ev.event_id)
-        for kind, entity in entities_of(ev).items():
-            if (kind, entity) in wanted:
-                for w, (start, end) in bounds.items():
-                    if start <= ev.ts < end:
-                        out[kind][entity][w][ev.type] += 1
-    return out
 
 
 # -- recstream ---------------------------------------------------------------------------------------------
@@ -379,170 +298,6 @@ def run_faust(
 # -- comparison and output ---------------------------------------------------------------------------------
 
 
-def compare(rec: Counts | None, faust: Counts, ref_dedup: Counts, ref_raw: Counts) -> dict[str, Any]:
-    """Cell-by-cell agreement over (kind, entity, window, type). ``rec`` is ``None`` when the Faust windows
-    are not recstream's (tumbling): then only Faust vs its reference is checked."""
-    cells = same = faust_ok = explained = 0
-    diffs: list[dict[str, Any]] = []
-    for kind, entities in ref_raw.items():
-        for entity, wins in entities.items():
-            for w, types in wins.items():
-                for t in types:
-                    f, raw, d = faust[kind][entity][w][t], ref_raw[kind][entity][w][t], ref_dedup[kind][entity][w][t]
-                    cells += 1
-                    faust_ok += f == raw
-                    if rec is None:
-                        continue
-                    r = rec[kind][entity][w][t]
-                    same += r == f
-                    explained += r != f and r == d and f == raw
-                    if r != f and len(diffs) < 8:
-                        diffs.append({"kind": kind, "entity": entity, "window": w, "type": t, "recstream": r,
-                                      "faust": f, "reference_dedup": d, "reference_raw": raw})
-    out: dict[str, Any] = {"cells": cells, "faust_eq_reference_raw": faust_ok}
-    if rec is not None:
-        out |= {"recstream_eq_faust": same, "differences_explained_by_duplicates": explained,
-                "first_differences": diffs}
-    return out
-
-
-def recstream_check(rec: Counts, ref_dedup: Counts) -> dict[str, int]:
-    """recstream vs the brute-force reference with dedup."""
-    cells = [(rec[k][e][w][t], n) for k, es in ref_dedup.items() for e, ws in es.items()
-             for w, ts in ws.items() for t, n in ts.items()]
-    return {"cells": len(cells), "recstream_eq_reference_dedup": sum(a == b for a, b in cells)}
-
-
-def _mib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**20:,.1f} MiB"
-
-
-def build_table(rec: dict[str, Any], faust: dict[str, dict[str, Any]], checks: dict[str, Any]) -> list[list[str]]:
-    """The markdown table: one row per metric; recstream, then each Faust mode and the ratio to it."""
-    header = ["metric", "recstream worker (tiles in Redis)"]
-    for mode in faust:
-        header += [f"Faust {mode} tables", f"recstream ÷ Faust {mode}"]
-    n = rec["timed_events"]
-    rec_growth = rec["worker_peak_rss_kb"] - rec["worker_rss_after_warmup_kb"]
-    rec_total = rec["worker_peak_rss_kb"] * 1024 + rec["redis_used_memory_delta"]
-    Cell = Callable[[dict[str, Any]], tuple[str, float, float]]
-    rows: list[tuple[str, str, Cell]] = [
-        ("events/s (same N events)", f"{rec['eps']:,.0f}", lambda f: (f"{f['eps']:,.0f}", rec["eps"], f["eps"])),
-        ("CPU ms per event: process + Redis + Kafka broker",
-         " + ".join(f"{1000 * rec[k] / n:.2f}" for k in ("worker_cpu_s", "redis_cpu_s", "broker_cpu_s")),
-         lambda f: (f"{1000 * f['cpu_timed_s'] / n:.2f} + — + {1000 * f['broker_cpu_s'] / n:.2f}",
-                    rec["worker_cpu_s"] + rec["redis_cpu_s"] + rec["broker_cpu_s"],
-                    f["cpu_timed_s"] + f["broker_cpu_s"])),
-        ("statistics state bytes (st keys' MEMORY USAGE / tables' deep size)", _mib(rec["stats_bytes"]),
-         lambda f: (_mib(f["table_bytes"]), rec["stats_bytes"], f["table_bytes"])),
-        ("statistics state keys", f"{rec['stats_keys']:,}",
-         lambda f: (f"{f['table_keys']:,}", rec["stats_keys"], f["table_keys"])),
-        ("process peak RSS", _mib(rec["worker_peak_rss_kb"] * 1024),
-         lambda f: (_mib(f["maxrss_kb"] * 1024), rec["worker_peak_rss_kb"], f["maxrss_kb"])),
-        ("process RSS growth while timed", _mib(rec_growth * 1024),
-         lambda f: (_mib((f["maxrss_kb"] - f["rss_first_event_kb"]) * 1024), rec_growth,
-                    f["maxrss_kb"] - f["rss_first_event_kb"])),
-        ("Redis used_memory delta (all features)", _mib(rec["redis_used_memory_delta"]),
-         lambda f: ("—", 0.0, 0.0)),
-        ("total: peak RSS + Redis delta", _mib(rec_total),
-         lambda f: (_mib(f["maxrss_kb"] * 1024), rec_total, f["maxrss_kb"] * 1024)),
-        ("Kafka messages written: repartition topics", f"{rec['repartition_records']:,}",
-         lambda f: (f"{f['repartition_records']:,}", rec["repartition_records"], f["repartition_records"])),
-        ("Kafka messages written: changelogs (state)", "0",
-         lambda f: (f"{f['changelog_records']:,}", 0.0, 0.0)),
-    ]
-    table = [header]
-    for name, rec_cell, faust_cell in rows:
-        row = [name, rec_cell]
-        for f in faust.values():
-            cell, a, b = faust_cell(f)
-            row += [cell, f"{a / b:.3g}" if b else "—"]
-        table.append(row)
-    rc = checks["recstream"]
-    check_row = ["sampled counts = brute-force reference", f"{rc['recstream_eq_reference_dedup']}/{rc['cells']} "
-                 "(with dedup)"]
-    for mode in faust:
-        c = checks["faust"][mode]
-        agree = f"{c['recstream_eq_faust']}/{c['cells']} cells equal" if "recstream_eq_faust" in c else (
-            "other windows")
-        check_row += [f"{c['faust_eq_reference_raw']}/{c['cells']} (no dedup)", agree]
-    table.append(check_row)
-    if rec["extra_events"]:
-        row = [f"recstream events/s, {rec['extra_events']:,} more events (throughput reference)",
-               f"{rec['extra_eps']:,.0f}"]
-        for f in faust.values():
-            row += ["", f"{rec['extra_eps'] / f['eps']:.3g}"]
-        table.append(row)
-    return table
-
-
-def _notes(
-    settings: Settings, days: float, duplicates: int, rec: dict[str, Any], faust: dict[str, dict[str, Any]],
-    checks: dict[str, Any],
-) -> list[str]:
-    windows = ", ".join(f"{w} step {t}" for w, t in settings.stats.windows.items())
-    lateness_h = settings.stats.allowed_lateness_ms / 3_600_000
-    notes = [
-        "recstream: `recstream worker` with every feature on (Bloom, last-N, user / user×category tiles, "
-        "item / author stages), batches of 500 and one Lua call per entity per batch; events/s from the "
-        "first produced event until the consumer group caught up, repartition topics included. That "
-        "includes up to 1 s of commit interval, a large share at small N; the last row times more events "
-        "on the same worker.",
-        f"Faust: one `memory://` windowed table per window, hopping ({windows}) so that the window starting "
-        "at E − W is exactly recstream's [E − W, E) at a tile-aligned E: each increment touches W / step "
-        "windows (73 per entity per event), each with its own changelog record. Tumbling (if shown) keeps "
-        "one bucket per window: cheaper, but it answers \"this calendar bucket so far\", not \"the last W\". "
-        f"expires = W + {lateness_h:g} h (the rings' retention).",
-        "Faust event time: `relative_to(callable)` reading `Event.ts` (ms → s): what `relative_to_field` "
-        "does, but the value is the msgspec `Event` from `stream.events.decode_event` (a registered Faust "
-        "codec), not a `faust.Record` with a field descriptor.",
-        "Faust expires windows by the wall clock (`window.stale(ts, time.time())`, notes §3.3), so the "
-        f"events span the {days:g} days ending now; with historical timestamps every window would be "
-        "dropped at the first table cleanup (every 30 s). recstream expires by event time. (Seen in a "
-        "trial run whose events ended 14 h before the wall clock: every Faust 1h cell read 0, recstream's "
-        "were right.)",
-        "Repartitioning on the Faust side: user and user×category are counted on the user-keyed topic; each "
-        "event goes through internal by-item / by-author topics (`await topic.send`, what `group_by` does) "
-        "whose agents count item / author: the same shape as recstream's by-item / by-author topics. "
-        "recstream packs a batch's forwarded deliveries into one message per target partition, Faust sends "
-        "one message per event and topic (as `group_by` would), hence the repartition message counts.",
-        "Faust agents iterate event by event (a table write takes its changelog partition from "
-        "`current_event()`). Every table write queues a changelog record; above 100 queued records Faust "
-        "blocks the stream until the buffer drains (`producer buffer full` warnings), so Faust's rate is "
-        "bound by producing changelog records one by one, at Faust's defaults (no producer tuning).",
-        f"Counts: recstream drops duplicate deliveries (same event_id; {duplicates} in this run) and events "
-        "behind the watermark; Faust does neither (and would count replays again after a crash). So "
-        "recstream is compared with a brute-force reference *with* dedup, Faust with one *without*; a "
-        "recstream ≠ Faust cell is explained when each side equals its own reference.",
-        f"recstream counts read with {rec['reader']}.",
-        "Memory: recstream's statistics live in Redis (the st keys' MEMORY USAGE; the used_memory delta also "
-        "holds Bloom filters, last-N, dedup sets and guards: "
-        + ", ".join(f"{k} {_mib(v['bytes'])}" for k, v in sorted(rec["redis_keys"].items()))
-        + "); the worker RSS is process overhead. Faust's state lives in its process (table dicts and "
-        "per-partition expiry heaps, deep-size estimate) and is copied to Kafka changelog topics.",
-        "CPU: the worker's /proc stat, Redis `INFO cpu` and the broker's /proc stat over the timed part "
-        "(the broker's share includes receiving the produced events); Faust: getrusage from its first "
-        "event to the end, the broker over the subprocess's whole life (startup included, events "
-        "already produced).",
-        "Both sides run one after the other on the same broker and Redis, never sharing the 2 CPUs; Faust "
-        "reads a copy of the same events (its own topic, same partitions), recstream is timed against a "
-        "live producer.",
-    ]
-    for mode, c in checks["faust"].items():
-        text = (f"Check, Faust {mode}: {c['cells']} cells (kind × entity × window × type); Faust = reference "
-                f"without dedup in {c['faust_eq_reference_raw']}")
-        if "recstream_eq_faust" in c:
-            text += (f"; recstream = Faust in {c['recstream_eq_faust']}, the other "
-                     f"{c['cells'] - c['recstream_eq_faust']} differ by duplicates only in "
-                     f"{c['differences_explained_by_duplicates']}")
-        notes.append(text + ".")
-    for mode, f in faust.items():
-        notes.append(f"Faust {mode}: {f['changelog_records']:,} changelog records, "
-                     f"{f['repartition_records']:,} repartition records, {f['table_keys']:,} table keys, "
-                     f"{f['elapsed_s']:.0f} s for {f['timed'] + 1:,} events.")
-    return notes
-
-
 def run(
     n: int, days: float, modes: Sequence[str], out_dir: Path, worker_events: int = 20_000, partitions: int = 8
 ) -> dict[str, Any]:
@@ -578,7 +333,7 @@ def run(
                                             ref_dedup, ref_raw)
             faust[mode] = f
         windows_ms = {"hopping": hopping, **{m: window_bounds(settings, at_ms, m) for m in modes}}
-        notes = _notes(settings, days, duplicates, rec, faust, checks)
+        notes = notes_for(settings, days, duplicates, rec, faust, checks)
     main = faust[modes[0]]
     rec_total = rec["worker_peak_rss_kb"] * 1024 + rec["redis_used_memory_delta"]
     results = {
