@@ -38,9 +38,9 @@ import rbloom
 from bench.common import private_redis
 from filters.bloom import HASH_SEEDS, item_hashes, optimal_bits, positions
 from filters.slices import SlicePlan
-from filters.store import ExposureWriter
 from infra.settings import MS_PER_DAY, Settings
 from serving.exposure import ExposureReader, seen_in_reply
+from stream.exposure_writer import ExposureWriter
 
 T0 = 1_780_000_000_000 // MS_PER_DAY * MS_PER_DAY
 DAYS = 31

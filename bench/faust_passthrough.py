@@ -2,7 +2,7 @@
 
 Run as a subprocess: ``python -m bench.faust_passthrough --bootstrap H:P --topic T --expect N --out F``.
 It consumes with the same agent shape as the real worker (concurrency 1, ``take_events(n, within)``),
-decodes every message with :func:`stream.events.decode_event`, and when ``N`` messages have been seen
+decodes every message with :func:`filters.events.decode_event`, and when ``N`` messages have been seen
 writes ``{"first_ts", "last_ts", "valid", "invalid", "timed"}`` (``timed`` = messages after the first
 batch, which arrive between the two perf-counter stamps) (perf-counter seconds) to F and exits.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import faust
 
+from filters.events import decode_event
 from infra.errors import EventValidationError
-from stream.events import decode_event
 
 
 def main() -> None:

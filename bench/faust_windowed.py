@@ -22,7 +22,7 @@ What a Faust user would write for "impressions and actions per user, user x cate
   bucket so far", not "the last W" (a different, cheaper question; offered as the lower bound).
 * **event time**: windows are placed by the event's ``ts`` (ms → s), the same mechanism as
   ``relative_to_field`` (``field.getattr(event.value)``) through ``relative_to(callable)``, because the
-  value is the :class:`stream.events.Event` struct decoded by :func:`stream.events.decode_event` (a
+  value is the :class:`filters.events.Event` struct decoded by :func:`filters.events.decode_event` (a
   registered Faust codec), not a ``faust.Record`` with a field descriptor;
 * **expiry**: ``expires = W + lateness``, the retention of recstream's rings. Faust decides staleness by
   the *wall clock* (``window.stale(ts, time.time())``, notes §3.3), so the parent generates events whose
@@ -62,8 +62,8 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
-from stream.events import Event, decode_event, encode
-from stream.tiles import parse_duration
+from filters.events import Event, decode_event, encode
+from filters.tiles import parse_duration
 
 
 class EventCodec(codecs.Codec):
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
 def dump_counts(tables: dict[str, Any], sample: dict[str, Any]) -> dict[str, dict[str, dict[str, dict[str, int]]]]:
     """``{kind: {entity: {window: {type: count}}}}`` of the sampled entities, read from the window of each
     table that starts at ``sample["starts"][window]`` (epoch ms)."""
-    from infra.settings import EVENT_TYPES
+    from filters.events import EVENT_TYPES
 
     out: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
     for name, wrapper in tables.items():

@@ -29,9 +29,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
 from bench.common import private_services, write_results
+from filters.events import encode
 from infra.settings import Settings
-from stream.events import encode
-from stream.generate import GeneratorConfig, generate_events
+from recstream.generate import GeneratorConfig, generate_events
 from stream.lag import LagProbe
 from stream.producer import EventProducer
 from stream.worker_process import WorkerProcess

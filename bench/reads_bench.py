@@ -22,13 +22,13 @@ from typing import Any
 import redis
 
 from bench.common import percentiles, private_redis, write_results
-from infra.settings import ACTIONS, EVENT_TYPES, Settings
-from serving import keys
+from filters.events import ACTIONS, EVENT_TYPES, Event
+from filters.tiles import TileLayout
+from infra import keys
+from infra.settings import Settings
 from serving.sequences import SequenceReader
 from serving.stats import StatsReader
 from stream.deliveries import Delivery, ForwardedDelivery
-from stream.events import Event
-from stream.tiles import TileLayout
 from stream.writers import EntityStatsWriter, UserStateWriter
 
 D = 86_400_000

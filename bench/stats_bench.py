@@ -5,7 +5,7 @@ plain Faust windowed tables (one per window); events/s and memory of both.
 
 Method (one private Kafka + Redis pair, :func:`bench.common.private_services`):
 
-1. **Events.** :func:`stream.generate.generate_events` (users ``N/50``, items ``N/20``, ``--days`` of event
+1. **Events.** :func:`recstream.generate.generate_events` (users ``N/50``, items ``N/20``, ``--days`` of event
    time ending *now*, see 3.), with ``category`` / ``author_id`` filled in from the generator's item
    metadata on every event, so neither side needs metadata enrichment and both count exactly the same
    (kind, entity) pairs. Duplicate (0.5 %) and late (1 %) deliveries are left in.
@@ -71,8 +71,9 @@ from bench.stats_reference import (
     window_bounds,
 )
 from bench.stats_report import build_table, notes_for
+from filters.events import EVENT_TYPES
 from infra.kafka_broker import running_pid
-from infra.settings import EVENT_TYPES, Settings
+from infra.settings import Settings
 from stream.lag import LagProbe
 from stream.producer import EventProducer
 from stream.worker_process import WorkerProcess

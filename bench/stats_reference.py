@@ -11,10 +11,10 @@ from typing import Any
 
 import msgspec
 
-from infra.settings import EVENT_TYPES, Settings
-from stream.events import Event, encode
-from stream.generate import DAY_MS, GeneratorConfig, World, generate_events
-from stream.tiles import parse_duration
+from filters.events import EVENT_TYPES, Event, encode
+from filters.tiles import parse_duration
+from infra.settings import Settings
+from recstream.generate import DAY_MS, GeneratorConfig, World, generate_events
 
 KINDS: tuple[str, ...] = ("user", "user_category", "item", "author")
 TILE_ALIGN_MS = 300_000  # the smallest tile (5m): the event span and the query time are aligned to it

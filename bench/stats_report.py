@@ -89,7 +89,7 @@ def notes_for(
         "one bucket per window: cheaper, but it answers \"this calendar bucket so far\", not \"the last W\". "
         f"expires = W + {lateness_h:g} h (the rings' retention).",
         "Faust event time: `relative_to(callable)` reading `Event.ts` (ms → s): what `relative_to_field` "
-        "does, but the value is the msgspec `Event` from `stream.events.decode_event` (a registered Faust "
+        "does, but the value is the msgspec `Event` from `filters.events.decode_event` (a registered Faust "
         "codec), not a `faust.Record` with a field descriptor.",
         "Faust expires windows by the wall clock (`window.stale(ts, time.time())`, notes §3.3), so the "
         f"events span the {days:g} days ending now; with historical timestamps every window would be "

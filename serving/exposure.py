@@ -28,10 +28,12 @@ import numpy as np
 import redis
 
 from filters.bloom import BoolArray, Hashes, item_hashes
+from filters.events import check_user
 from filters.slices import SlicePlan, decode_params
-from filters.store import LuaScript, check_user, slice_key_prefix
 from filters.union import union_contains
+from infra import keys
 from infra.errors import InputError
+from infra.lua import Script
 from infra.metrics import (
     BLOOM_BYTES_PER_USER,
     BLOOM_CHECKS,
@@ -40,7 +42,6 @@ from infra.metrics import (
     BLOOM_SLICES_PER_USER,
 )
 from infra.settings import Settings, load_settings
-from serving import keys
 
 _PARAMS: dict[bytes, tuple[int, int, int]] = {}
 #: The fill-ratio FPR estimate (a popcount of every bitmap) is observed on one query in this many.
@@ -126,7 +127,7 @@ class ExposureReader:
         self.redis = redis_client
         self.bloom = settings.bloom
         self.plan = SlicePlan.from_settings(settings.bloom)
-        self.script = LuaScript(redis_client, "exposure_read.lua")
+        self.script = Script("exposure_read.lua")
         # compile the hash and membership loops (or load them from numba's disk cache) now, so that
         # the first query does not pay for it
         seen_in_reply([b"8,1,1", b"\0"], ["warm-up"], observe=False)
@@ -147,8 +148,8 @@ class ExposureReader:
             msg = f"at must be epoch ms (int) or None, got {at!r}"
             raise InputError(msg)
         v = self.bloom.hash_version
-        args = (slice_key_prefix(user_id, v), at, self.plan.retention_ms, self.plan.slice_ms)
-        reply: list[bytes] = self.script([keys.bloom_index(user_id, v)], args)
+        args = (keys.slice_key_prefix(user_id, v), at, self.plan.retention_ms, self.plan.slice_ms)
+        reply: list[bytes] = self.script(self.redis, [keys.bloom_index(user_id, v)], args)
         return reply
 
     def seen(self, user_id: str, ids: Iterable[str], at: int | None = None) -> list[bool]:

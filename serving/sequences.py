@@ -1,7 +1,7 @@
 """Serving reads of last-N sequences (mounted on ``FeatureClient``; layout in docs/sequences.md).
 
 A sequence is a sorted set scored by event time whose members encode ``event_id, item_id, category,
-author_id`` (see :mod:`stream.sequences`). Reads are newest first, ``before`` is an exclusive upper
+author_id`` (see :mod:`filters.sequences`). Reads are newest first, ``before`` is an exclusive upper
 bound on ``ts``. The category filter runs server-side in a small read-only script that scans the
 (capacity-bounded) sequence from the newest end in growing chunks and stops at ``n`` matches, so a
 common category costs about ``n`` entries and a rare one at most one pass over the sequence — one round
@@ -15,10 +15,11 @@ from typing import Any
 
 import redis
 
-from infra.settings import EVENT_TYPES, Settings
-from serving import keys
-from stream.sequences import Entry, decode_member, sequence_capacities
-from stream.writers import require_binary_client
+from filters.events import EVENT_TYPES
+from filters.sequences import Entry, decode_member, sequence_capacities
+from infra import keys
+from infra.redis_client import require_binary_client
+from infra.settings import Settings
 
 __all__ = ["CATEGORY_SCAN_LUA", "Entry", "SequenceReader"]
 

@@ -1,7 +1,7 @@
 """Serving reads of windowed statistics (mounted on ``FeatureClient``; semantics in docs/statistics.md).
 
 One ``MGET`` fetches the tile blobs of any number of entities; numpy turns them into counts per window
-and event type (:func:`stream.tiles.window_counts`) and then into read-time features: raw counts,
+and event type (:func:`filters.tiles.window_counts`) and then into read-time features: raw counts,
 ``log1p_<type>`` and Bayesian-smoothed rates ``(x + a * p) / (base + a)`` with ``a`` =
 ``stats.prior_strength`` and ``p`` = ``stats.prior_rates[rate]``.
 
@@ -23,10 +23,11 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from infra.settings import EVENT_TYPES, Settings
-from serving import keys
-from stream.tiles import COUNTERS, TileLayout, decode_blobs, window_counts
-from stream.writers import require_binary_client
+from filters.events import EVENT_TYPES
+from filters.tiles import COUNTERS, TileLayout, decode_blobs, window_counts
+from infra import keys
+from infra.redis_client import require_binary_client
+from infra.settings import Settings
 
 __all__ = ["RATES", "StatsMatrix", "StatsReader", "features"]
 

@@ -6,7 +6,7 @@ stage on the by-item / by-author repartition topic; it carries its source partit
 entity stage can guard on them. Both are frozen; forwarded deliveries travel as compact JSON, several
 per message (one message per target partition and batch).
 
->>> from stream.events import Event
+>>> from filters.events import Event
 >>> ev = Event(event_id="e1", type="click", user_id="u1", item_id="i1", ts=1_700_000_000_000)
 >>> d = Delivery(offset=41, event=ev, stats_late=False, category="food", author_id="a1")
 >>> fwd = d.forwarded(partition=3)
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import msgspec
 
+from filters.events import Event
 from infra.errors import EventValidationError
-from stream.events import Event
 
 __all__ = [
     "Delivery",

@@ -18,13 +18,12 @@ from typing import Any, Literal
 import redis
 from aiokafka.partitioner import DefaultPartitioner
 
-from filters.store import ExposureWriter
-from infra import metrics
+from filters.events import Event, decode_event, decode_item
+from infra import keys, metrics
 from infra.errors import EventValidationError
 from infra.settings import Settings
-from serving import keys
 from stream.deliveries import Delivery, ForwardedDelivery, decode_forwarded_batch, encode_forwarded_batch
-from stream.events import Event, decode_event, decode_item
+from stream.exposure_writer import ExposureWriter
 from stream.watermarks import WatermarkStore
 from stream.writers import EntityStatsWriter, UserStateWriter
 

@@ -9,7 +9,7 @@ lands on the same partition as with aiokafka / Faust / the Java client (see
 Usage (needs a running broker; ``recstream infra up``)::
 
     from infra.settings import load_settings
-    from stream.events import Event
+    from filters.events import Event
     from stream.producer import EventProducer
 
     with EventProducer(load_settings()) as producer:      # flushes on exit
@@ -37,9 +37,9 @@ from typing import Any
 
 import confluent_kafka
 
+from filters.events import Event, ItemMeta, encode
 from infra.errors import InfraError, KafkaError
 from infra.settings import Settings, load_settings
-from stream.events import Event, ItemMeta, encode
 
 __all__ = ["BASE_CONFIG", "DeliveryFailure", "EventProducer"]
 

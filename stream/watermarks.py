@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
-from infra import metrics
-from serving import keys
+from infra import keys, metrics
 
 NO_TS = -1
 

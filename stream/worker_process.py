@@ -48,7 +48,7 @@ class WorkerProcess:
         env = {**os.environ, **to_env(self.settings), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "infra.cli", "worker", "--loglevel", self.loglevel],
+                [sys.executable, "-m", "recstream.cli", "worker", "--loglevel", self.loglevel],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )

@@ -10,87 +10,30 @@ after a crash: the guard makes the second write a no-op.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Literal
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
 
-from infra import metrics
-from infra.errors import StateError
-from infra.settings import EVENT_TYPES, Settings
-from serving import keys
+from filters.events import EVENT_TYPES
+from filters.sequences import encode_member, sequence_capacities
+from filters.tiles import TileLayout
+from infra import keys, metrics
+from infra.lua import Script
+from infra.redis_client import require_binary_client
+from infra.settings import Settings
 from stream.deliveries import Delivery, ForwardedDelivery
-from stream.sequences import encode_member, sequence_capacities
-from stream.tiles import TileLayout
 
 __all__ = [
     "EntityStatsWriter",
     "EntityWriteResult",
     "UserStateWriter",
     "UserWriteResult",
-    "require_binary_client",
 ]
 
 _TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
 _Call = tuple[list[str], list[Any]]
-
-
-def require_binary_client(client: redis.Redis) -> None:
-    """Feature blobs and sequence members are binary: refuse a client with ``decode_responses=True``."""
-    if client.connection_pool.connection_kwargs.get("decode_responses"):
-        msg = "recstream feature clients need decode_responses=False (values are binary)"
-        raise ValueError(msg)
-
-
-class _Script:
-    """A Lua script shipped in the ``stream`` package (with ``tiles_lib.lua`` prepended), called by its
-    locally computed SHA1."""
-
-    def __init__(self, name: str) -> None:
-        package = resources.files("stream")
-        self.source = package.joinpath("tiles_lib.lua").read_text(encoding="utf-8") + "\n" + package.joinpath(
-            name
-        ).read_text(encoding="utf-8")
-        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
-
-    def _queue(self, pipe: Any, calls: Sequence[_Call]) -> None:
-        for script_keys, args in calls:
-            pipe.evalsha(self.sha, len(script_keys), *script_keys, *args)
-
-    def _check(self, results: list[Any]) -> list[int]:
-        """Indexes of the calls that met NOSCRIPT; raise on any other error."""
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        for r in results:
-            if isinstance(r, Exception) and not isinstance(r, NoScriptError):
-                if isinstance(r, ResponseError):
-                    msg = f"feature script failed: {r}"
-                    raise StateError(msg) from r
-                raise r
-        return missing
-
-    def run(self, client: redis.Redis, calls: Sequence[_Call]) -> list[Any]:
-        """EVALSHA every call in one pipeline; on NOSCRIPT load the script and rerun only those calls."""
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
-            self._queue(pipe, [calls[i] for i in todo])
-            got = pipe.execute(raise_on_error=False)
-            for i, r in zip(todo, got, strict=True):
-                results[i] = r
-            missing = self._check(got)
-            todo = [todo[i] for i in missing]
-            if not todo:
-                return results
-            if attempt == 0:
-                client.script_load(self.source)
-        msg = "Lua script still missing after SCRIPT LOAD"
-        raise StateError(msg)
-
 
 
 def _ttls(settings: Settings, layout: TileLayout) -> tuple[int, int, int]:
@@ -186,7 +129,7 @@ class _Writer:
         self.settings = settings
         self.layout = TileLayout.from_settings(settings.stats)
         self.record = record_metrics
-        self._script = _Script(self.script_name)
+        self._script = Script("tiles_lib.lua", self.script_name)
         self._ttl_tiles, self._ttl_dedup, self._ttl_guard = _ttls(settings, self.layout)
         self._setup(settings)
 

@@ -18,6 +18,7 @@ Each service fixture yields the same :class:`ServicePair` (``.settings``, ``.red
 from __future__ import annotations
 
 import atexit
+import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,19 @@ import redis
 from infra import kafka_broker, redis_server
 from infra.settings import Settings
 from infra.topics import ensure_topics
+
+#: Where the suite points RECSTREAM_CONFIG: a path that never exists, so no recstream.toml is read.
+NO_CONFIG_FILE = "/nonexistent/recstream-tests/recstream.toml"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Make the suite hermetic: no ``RECSTREAM_*`` variable and no ``./recstream.toml`` of the machine
+    running it may change a setting (tests/unit/test_hermetic.py proves it); child processes (the
+    worker) inherit the cleaned environment plus what each test passes explicitly."""
+    for name in [n for n in os.environ if n.startswith("RECSTREAM_")]:
+        del os.environ[name]
+    os.environ["RECSTREAM_CONFIG"] = NO_CONFIG_FILE
+
 
 SERVICE_FIXTURES = frozenset({"redis_service", "kafka_service", "services", "redis_client"})
 

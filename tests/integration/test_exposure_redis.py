@@ -12,12 +12,13 @@ import redis
 
 from filters.bloom import BloomFilter, BloomParams
 from filters.slices import SlicePlan
-from filters.store import ExposureWriter, slice_key_prefix
+from infra import keys
 from infra.errors import InputError
+from infra.keys import slice_key_prefix
 from infra.metrics import BLOOM_CHECKS, BLOOM_FILTERED
 from infra.settings import Settings
-from serving import keys
 from serving.exposure import ExposureReader, seen_in_reply
+from stream.exposure_writer import ExposureWriter
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from infra.settings import ACTIONS, Settings
+from filters.events import ACTIONS, Event, ItemMeta
+from infra.settings import Settings
 from serving.client import FeatureClient
 from stream.deliveries import decode_forwarded_batch
-from stream.events import Event, ItemMeta
 from stream.lag import LagProbe
 from stream.producer import EventProducer
 from stream.worker_process import WorkerProcess

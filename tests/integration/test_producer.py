@@ -10,8 +10,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from stream.data_cli import produce
-from stream.events import Event, ItemMeta, decode_event, decode_item, encode
+from filters.events import Event, ItemMeta, decode_event, decode_item, encode
+from recstream.data_cli import produce
 from stream.producer import EventProducer
 
 pytestmark = pytest.mark.integration

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import redis
 
-from infra.settings import EVENT_TYPES, Settings
-from serving import keys
+from filters.events import EVENT_TYPES, Event
+from filters.sequences import Entry, last_n, merge, sequence_capacities
+from filters.tiles import TileLayout, apply_events, empty_words, encode_words
+from infra import keys
+from infra.settings import Settings
 from serving.sequences import SequenceReader
 from serving.stats import StatsReader
 from stream.deliveries import Delivery, ForwardedDelivery
-from stream.events import Event
-from stream.sequences import Entry, last_n, merge, sequence_capacities
-from stream.tiles import TileLayout, apply_events, empty_words, encode_words
 from stream.writers import EntityStatsWriter, UserStateWriter
 
 pytestmark = pytest.mark.integration
@@ -239,7 +239,7 @@ def test_duplicates_with_different_offsets_count_once(r: redis.Redis, settings: 
 
 
 def test_lua_sequences_match_the_pure_model(r: redis.Redis, settings: Settings) -> None:
-    """Random batches (late, duplicate, tied timestamps) through the script vs stream.sequences.merge."""
+    """Random batches (late, duplicate, tied timestamps) through the script vs filters.sequences.merge."""
     rng = random.Random(42)
     users = UserStateWriter(r, settings, record_metrics=False)
     for trial in range(25):
@@ -267,7 +267,7 @@ def test_lua_sequences_match_the_pure_model(r: redis.Redis, settings: Settings) 
 
 
 def test_lua_tiles_match_the_pure_model(r: redis.Redis, settings: Settings) -> None:
-    """The blob written by the script is byte-identical to stream.tiles.apply_events."""
+    """The blob written by the script is byte-identical to filters.tiles.apply_events."""
     rng = random.Random(9)
     layout = TileLayout.from_settings(settings.stats)
     ents = EntityStatsWriter(r, settings, record_metrics=False)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from filters.events import MAX_MESSAGE_BYTES, Event, decode_event, decode_item, encode
 from infra.errors import EventValidationError
-from stream.events import MAX_MESSAGE_BYTES, Event, decode_event, decode_item, encode
 
 VALID = {"event_id": "e1", "type": "click", "user_id": "u1", "item_id": "i1", "ts": 1_700_000_000_000}
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from filters.events import Event, decode_event, decode_item, encode
 from infra.errors import InputError
-from stream.events import Event, decode_event, decode_item, encode
-from stream.generate import (
+from recstream.generate import (
     ACTION_RATES,
     DAY_MS,
     GeneratorConfig,

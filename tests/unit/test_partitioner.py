@@ -14,9 +14,9 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from filters.events import Event, ItemMeta
 from infra.errors import InfraError, KafkaError
 from infra.settings import Settings
-from stream.events import Event, ItemMeta
 from stream.producer import BASE_CONFIG, EventProducer
 
 MOCK_PARTITIONS = 4

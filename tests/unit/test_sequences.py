@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.settings import LastNSettings
-from stream.sequences import (
+from filters.sequences import (
     Entry,
     decode_member,
     encode_member,
@@ -18,6 +17,7 @@ from stream.sequences import (
     order_key,
     sequence_capacities,
 )
+from infra.settings import LastNSettings
 
 
 def E(eid: str, ts: int, item: str = "i", cat: str | None = None) -> Entry:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from filters.sequences import sequence_capacities
 from infra.errors import ConfigError
 from infra.settings import Settings, load_settings, to_env
 
@@ -34,7 +35,7 @@ def test_toml_then_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     [
         ({"RECSTREAM_KAFKA_PARTITIONS": "zero"}, "kafka.partitions"),
         ({"RECSTREAM_BLOOM_FPR": "0.7"}, "bloom.fpr"),
-        ({"RECSTREAM_LASTN_CAPACITY": '{"buy": 3}'}, "unknown actions"),
+        ({"RECSTREAM_LASTN_CAPACITY": '{"click": 0}'}, "lastn.capacity"),
     ],
 )
 def test_bad_values_are_one_readable_error(
@@ -53,3 +54,9 @@ def test_to_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     for k, v in to_env(original).items():
         monkeypatch.setenv(k, v)
     assert Settings() == original
+
+
+def test_unknown_lastn_actions_are_refused_by_the_event_contract() -> None:
+    # settings (the ground floor) cannot know the event types; the sequence plan checks them
+    with pytest.raises(ConfigError, match="unknown actions"):
+        sequence_capacities(Settings(lastn={"capacity": {"buy": 3}}).lastn)

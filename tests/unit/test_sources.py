@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from filters.events import Event, decode_event, encode
 from infra.errors import InputError
-from stream.events import Event, decode_event, encode
-from stream.sources import (
+from recstream.sources import (
     Rejects,
     load_news_categories,
     mind_news_items,

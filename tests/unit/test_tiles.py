@@ -7,9 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from infra.errors import ConfigError
-from infra.settings import StatsSettings
-from stream.tiles import (
+from filters.tiles import (
     COUNTERS,
     U32_MAX,
     WORDS_PER_SLOT,
@@ -22,6 +20,8 @@ from stream.tiles import (
     tile_index,
     window_counts,
 )
+from infra.errors import ConfigError
+from infra.settings import StatsSettings
 
 M, H, D = 60_000, 3_600_000, 86_400_000
 DEFAULT = TileLayout.from_settings(StatsSettings())

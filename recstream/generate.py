@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from filters.events import Event, ItemMeta, encode
 from infra.errors import InputError
-from stream.events import Event, ItemMeta, encode
 
 __all__ = ["ACTION_RATES", "CATEGORIES", "GenStats", "GeneratorConfig", "World", "generate_events",
            "generate_items", "write_dataset"]

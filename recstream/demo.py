@@ -18,15 +18,15 @@ from pathlib import Path
 import click
 import redis
 
+from filters.events import Event
 from infra import services
 from infra.settings import Settings
 from infra.topics import ensure_topics
+from recstream.generate import GeneratorConfig, write_dataset
+from recstream.sources import read_jsonl_items, read_jsonl_valid
 from serving.client import FeatureClient
-from stream.events import Event
-from stream.generate import GeneratorConfig, write_dataset
 from stream.lag import LagProbe
 from stream.producer import EventProducer
-from stream.sources import read_jsonl_items, read_jsonl_valid
 from stream.worker_process import WorkerProcess
 
 HOUR_MS = 3_600_000

@@ -27,8 +27,9 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from filters.events import EVENT_TYPES
 from infra.errors import ConfigError
-from infra.settings import EVENT_TYPES, StatsSettings
+from infra.settings import StatsSettings
 
 __all__ = [
     "COUNTERS",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from infra.cli_support import friendly_errors, settings_from_context
+from recstream.cli_support import friendly_errors, settings_from_context
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,7 +54,7 @@ def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool) 
 @friendly_errors
 def demo(ctx: click.Context, users: int, items: int, days: int, events: int) -> None:
     """Run everything end to end on this machine, print what flowed, stop cleanly."""
-    from infra.demo import run_demo
+    from recstream.demo import run_demo
 
     run_demo(settings_from_context(ctx), users=users, items=items, days=days, events=events)
 
@@ -79,8 +79,8 @@ def bench(ctx: click.Context, name: str) -> None:
 
 
 def _register() -> None:
-    from infra.infra_cli import infra
-    from stream.data_cli import generate, produce
+    from recstream.data_cli import generate, produce
+    from recstream.infra_cli import infra
 
     main.add_command(infra)
     main.add_command(produce)

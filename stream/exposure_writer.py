@@ -10,66 +10,23 @@ the caller passes (the partition watermark). The wall clock is used for one thin
 ``retention + slice length + safety_ttl_days`` set on every key written, which therefore can never delete
 a slice still inside the retention of the stream being (re)played.
 
->>> slice_key_prefix("u1", 1)
-'rs1:{u:u1}:bf1:'
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import redis
 
 from filters.bloom import item_hashes
+from filters.events import check_user
 from filters.slices import SlicePlan
-from infra.errors import InputError, StateError
+from infra import keys
+from infra.errors import InputError
+from infra.lua import Script
 from infra.settings import MS_PER_DAY, Settings
-from serving import keys
-
-
-def slice_key_prefix(user_id: str, hash_version: int) -> str:
-    """Prefix P with ``keys.bloom_slice(user, v, start, sub) == P + f"{start}:{sub}"`` (used by the Lua)."""
-    probe = keys.bloom_slice(user_id, hash_version, 0, 0)
-    if not probe.endswith(":0:0"):
-        msg = f"unexpected bloom slice key layout {probe!r}"
-        raise StateError(msg)
-    return probe[: -len("0:0")]
-
-
-def check_user(user_id: object) -> str:
-    """Return ``user_id`` if it is a non-empty str, else raise :class:`InputError`.
-
-    >>> check_user("")
-    Traceback (most recent call last):
-    ...
-    infra.errors.InputError: user_id must be a non-empty str, got ''
-    """
-    if not isinstance(user_id, str) or not user_id:
-        msg = f"user_id must be a non-empty str, got {user_id!r}"
-        raise InputError(msg)
-    return user_id
-
-
-class LuaScript:
-    """A packaged Lua script called by SHA, reloaded on NOSCRIPT."""
-
-    def __init__(self, client: redis.Redis, filename: str) -> None:
-        self.client = client
-        self.source = resources.files("filters").joinpath(filename).read_text(encoding="utf-8")
-        self.sha: str = client.script_load(self.source)
-
-    def reload(self) -> None:
-        self.sha = self.client.script_load(self.source)
-
-    def __call__(self, keys_: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return self.client.evalsha(self.sha, len(keys_), *keys_, *args)
-        except redis.exceptions.NoScriptError:
-            self.reload()
-            return self.client.evalsha(self.sha, len(keys_), *keys_, *args)
 
 
 class ExposureWriter:
@@ -86,7 +43,7 @@ class ExposureWriter:
         self.redis = redis_client
         self.bloom = settings.bloom
         self.plan = SlicePlan.from_settings(settings.bloom)
-        self.script = LuaScript(redis_client, "exposure_add.lua")
+        self.script = Script("exposure_add.lua")
         self._table = ";".join(p.encode() for p in self.plan.table)
         self._ttl_s = (
             self.plan.retention_ms + self.plan.slice_ms + self.bloom.safety_ttl_days * MS_PER_DAY
@@ -139,7 +96,7 @@ class ExposureWriter:
             if lo == hi:
                 continue
             args: list[Any] = [
-                slice_key_prefix(user_id, version), watermark_ms, plan.retention_ms, plan.slice_ms,
+                keys.slice_key_prefix(user_id, version), watermark_ms, plan.retention_ms, plan.slice_ms,
                 self._ttl_s, self._table,
             ]
             quads = zip(starts[lo:hi], h1l[lo:hi], h2l[lo:hi], h3l[lo:hi], strict=True)
@@ -149,24 +106,7 @@ class ExposureWriter:
 
     def _run(self, calls: list[tuple[list[str], list[Any]]]) -> int:
         added = 0
-        pending = calls
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for keys_, args in pending:
-                pipe.evalsha(self.script.sha, len(keys_), *keys_, *args)
-            results = pipe.execute(raise_on_error=False)
-            retry = []
-            for call, res in zip(pending, results, strict=True):
-                if isinstance(res, redis.exceptions.NoScriptError) and attempt == 0:
-                    retry.append(call)
-                elif isinstance(res, Exception):
-                    msg = f"exposure filter update failed for {call[0][0]}: {res}"
-                    raise StateError(msg) from res
-                else:
-                    added += int(res[0])
-                    self.deleted_slices += int(res[1])
-            if not retry:
-                break
-            self.script.reload()
-            pending = retry
+        for res in self.script.run(self.redis, calls):
+            added += int(res[0])
+            self.deleted_slices += int(res[1])
         return added

@@ -1,4 +1,4 @@
-"""``recstream produce`` and ``recstream generate`` (registered on the main group in ``infra/cli.py``).
+"""``recstream produce`` and ``recstream generate`` (registered on the main group in ``recstream/cli.py``).
 
 Errors (missing file, unreachable broker, bad line with ``--strict``) print ``error: ...`` on stderr
 and exit non-zero; Ctrl-C flushes what was queued, prints the summary and exits 130.
@@ -17,12 +17,11 @@ import click
 import msgspec
 from tqdm import tqdm
 
-from infra.cli_support import friendly_errors, settings_from_context
+from filters.events import Event
 from infra.errors import InputError
-from stream.events import Event
-from stream.generate import DAY_MS, HOUR_MS, GeneratorConfig, GenStats, write_dataset
-from stream.producer import EventProducer
-from stream.sources import (
+from recstream.cli_support import friendly_errors, settings_from_context
+from recstream.generate import DAY_MS, HOUR_MS, GeneratorConfig, GenStats, write_dataset
+from recstream.sources import (
     Rejects,
     mind_news_items,
     read_jsonl,
@@ -31,6 +30,7 @@ from stream.sources import (
     scan,
     shift_to_now,
 )
+from stream.producer import EventProducer
 
 __all__ = ["TokenBucket", "generate", "parse_start", "produce"]
 

@@ -19,7 +19,12 @@ from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
-from infra.errors import EventValidationError
+from infra.errors import EventValidationError, InputError
+
+ACTIONS: tuple[str, ...] = ("click", "like", "collect", "share", "comment")
+"""The interaction types, in the counter order used everywhere (tiles, Lua, sequences)."""
+EVENT_TYPES: tuple[str, ...] = ("impression", *ACTIONS)
+"""Every event type: ``impression`` then the actions; an event's type index is its position here."""
 
 # Identifiers: 1..128 characters, no control characters (they would break Redis member ordering).
 Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -86,6 +91,20 @@ def decode_item(raw: bytes | bytearray | memoryview | str | None) -> ItemMeta:
     'food'
     """
     return _decode(_item_decoder, raw)
+
+
+def check_user(user_id: object) -> str:
+    """Return ``user_id`` if it is a non-empty str, else raise :class:`~infra.errors.InputError`.
+
+    >>> check_user("")
+    Traceback (most recent call last):
+    ...
+    infra.errors.InputError: user_id must be a non-empty str, got ''
+    """
+    if not isinstance(user_id, str) or not user_id:
+        msg = f"user_id must be a non-empty str, got {user_id!r}"
+        raise InputError(msg)
+    return user_id
 
 
 def encode(obj: Event | ItemMeta) -> bytes:

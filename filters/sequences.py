@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from filters.events import ACTIONS
+from infra.errors import ConfigError
 from infra.settings import LastNSettings
 
 __all__ = [
@@ -143,7 +145,15 @@ def sequence_capacities(lastn: LastNSettings) -> dict[str, int]:
 
     >>> sequence_capacities(LastNSettings(capacity={"click": 3}, impressions=7))
     {'impression': 7, 'click': 3}
+    >>> sequence_capacities(LastNSettings(capacity={"buy": 3}))
+    Traceback (most recent call last):
+    ...
+    infra.errors.ConfigError: lastn.capacity has unknown actions ['buy']; known: ['click', ...]
     """
+    unknown = set(lastn.capacity) - set(ACTIONS)
+    if unknown:
+        msg = f"lastn.capacity has unknown actions {sorted(unknown)}; known: {list(ACTIONS)}"
+        raise ConfigError(msg)
     caps = {"impression": lastn.impressions} if lastn.impressions > 0 else {}
     caps.update(lastn.capacity)
     return caps

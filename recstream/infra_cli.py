@@ -11,8 +11,8 @@ import time
 
 import click
 
-from infra.cli_support import friendly_errors, settings_from_context
 from infra.settings import Settings
+from recstream.cli_support import friendly_errors, settings_from_context
 
 EXIT_NOT_RUNNING = 3
 

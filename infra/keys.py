@@ -90,3 +90,12 @@ def item_meta(item_id: str) -> str:
 def watermark(group: str, topic: str, partition: int) -> str:
     """Hash ``offset``, ``max_ts`` of one consumed partition, persisted after every batch."""
     return f"{LAYOUT}:wm:{group}:{topic}:{partition}"
+
+
+def slice_key_prefix(user_id: str, hash_version: int) -> str:
+    """Prefix P with ``bloom_slice(user, v, start, sub) == P + f"{start}:{sub}"`` (used by the Lua).
+
+    >>> slice_key_prefix("u1", 1)
+    'rs1:{u:u1}:bf1:'
+    """
+    return bloom_slice(user_id, hash_version, 0, 0)[: -len("0:0")]

@@ -1,4 +1,4 @@
-"""Readers that turn files into validated :class:`~stream.events.Event` streams.
+"""Readers that turn files into validated :class:`~filters.events.Event` streams.
 
 * :func:`read_jsonl` / :func:`read_jsonl_items` — one JSON object per line (the wire format);
 * :func:`read_mind` — Microsoft MIND ``behaviors.tsv`` (+ ``news.tsv`` for categories);
@@ -33,8 +33,8 @@ from typing import TypeVar
 
 import msgspec
 
+from filters.events import Event, ItemMeta, decode_event, decode_item
 from infra.errors import EventValidationError, InputError
-from stream.events import Event, ItemMeta, decode_event, decode_item
 
 __all__ = [
     "BadRecord",
@@ -143,7 +143,7 @@ def _read_json_lines(
 
 
 def read_jsonl(path: str | Path, on_error: ErrorHandler | None = None) -> Iterator[Event]:
-    """Events from a JSONL file, each line validated with :func:`~stream.events.decode_event`.
+    """Events from a JSONL file, each line validated with :func:`~filters.events.decode_event`.
 
     Blank lines are ignored. Invalid lines go to ``on_error`` (``None``: raise :class:`InputError`).
     """
@@ -159,7 +159,7 @@ def read_jsonl_valid(path: str | Path, rejects: Rejects | None = None) -> Iterat
 
 
 def read_jsonl_items(path: str | Path, on_error: ErrorHandler | None = None) -> Iterator[ItemMeta]:
-    """Item metadata from a JSONL file, each line validated with :func:`~stream.events.decode_item`."""
+    """Item metadata from a JSONL file, each line validated with :func:`~filters.events.decode_item`."""
     return _read_json_lines(path, decode_item, on_error)
 
 

@@ -1,0 +1,49 @@
+"""Redis clients for recstream: one place that connects, checks a client, and words a missing server.
+
+Feature values (tile blobs, sequence members, Bloom bitmaps) are binary, so every recstream client uses
+``decode_responses=False``; :func:`require_binary_client` refuses any other.
+
+>>> require_binary_client(redis.Redis(decode_responses=True))
+Traceback (most recent call last):
+...
+ValueError: recstream feature clients need decode_responses=False (values are binary)
+"""
+
+from __future__ import annotations
+
+import redis
+
+from infra.errors import InfraError
+from infra.redis_server import redact
+
+__all__ = ["connect", "require_binary_client", "unreachable"]
+
+
+def require_binary_client(client: redis.Redis) -> None:
+    """Feature blobs and sequence members are binary: refuse a client with ``decode_responses=True``."""
+    if client.connection_pool.connection_kwargs.get("decode_responses"):
+        msg = "recstream feature clients need decode_responses=False (values are binary)"
+        raise ValueError(msg)
+
+
+def unreachable(url: str, exc: BaseException) -> InfraError:
+    """The one error for a Redis that cannot be reached (password redacted, what to do).
+
+    >>> print(unreachable("redis://:pw@127.0.0.1:1/0", ConnectionRefusedError("refused")))
+    cannot reach Redis at redis://:***@127.0.0.1:1/0 (refused); start it with `recstream infra up` or ...
+    """
+    return InfraError(
+        f"cannot reach Redis at {redact(url)} ({exc}); start it with `recstream infra up` or set RECSTREAM_REDIS_URL"
+    )
+
+
+def connect(url: str, *, check: bool = True, timeout_s: float = 5.0) -> redis.Redis:
+    """A binary client for ``url``; with ``check`` it is pinged once and an unreachable server raises
+    :func:`unreachable`'s :class:`~infra.errors.InfraError` instead of redis-py's traceback."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s)
+    if check:
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise unreachable(url, exc) from None
+    return client
