@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from infra import redis_server, services
 from infra.settings import Settings
+
+BAR: dict[str, Any] = {"leave": False, "disable": None, "mininterval": 0.5}
+"""tqdm options of the benchmarks: transient bars, none when the output is not a terminal."""
 
 
 def free_port() -> int:
@@ -60,6 +64,25 @@ def private_redis(url: str | None = None, **overrides: Any) -> Iterator[tuple[re
             yield redis.Redis.from_url(settings.redis.effective_url), settings
         finally:
             redis_server.stop(settings)
+
+
+def with_sections(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """A copy of ``settings`` with some fields of some sections replaced (validated again)."""
+    data = settings.model_dump()
+    for name, values in sections.items():
+        data[name] = {**data[name], **values}
+    return Settings(**data)
+
+
+def records_in(settings: Settings, topic: str) -> int:
+    """Records in a topic (sum of the high watermarks)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bench-watermarks",
+                         "broker.address.family": "v4"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        consumer.close()
 
 
 def percentiles(samples_s: Sequence[float]) -> dict[str, float]:

@@ -24,12 +24,12 @@ import redis
 from bench.common import percentiles, private_redis, write_results
 from filters.events import ACTIONS, EVENT_TYPES, Event
 from filters.tiles import TileLayout
-from infra import keys
+from infra.keys import KeyLayout
 from infra.settings import Settings
 from serving.sequences import SequenceReader
 from serving.stats import StatsReader
 from stream.deliveries import Delivery, ForwardedDelivery
-from stream.writers import EntityStatsWriter, UserStateWriter
+from stream.writers import EntityBatchWriter, UserBatchWriter
 
 D = 86_400_000
 NOW = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -48,7 +48,7 @@ def timed(fn: Callable[[], Any], iterations: int, warmup: int = 20) -> dict[str,
 
 
 def populate(client: redis.Redis, settings: Settings, rng: random.Random) -> list[str]:
-    users = UserStateWriter(client, settings, record_metrics=False)
+    users = UserBatchWriter(client, settings)
     offset = 0
     for user, n in (("sim", 2_000), ("u1", 300), ("u2", 300)):
         batch = []
@@ -60,14 +60,14 @@ def populate(client: redis.Redis, settings: Settings, rng: random.Random) -> lis
             batch.append(Delivery(offset, ev, False, rng.choice(CATEGORIES), f"a{rng.randrange(50)}"))
             offset += 1
         for k in range(0, len(batch), 500):
-            users.write(0, batch[k : k + 500])
+            users.write({0: batch[k : k + 500]}, {0: NOW})
     items = [f"i{k}" for k in range(1000)]
-    ents = EntityStatsWriter(client, settings, record_metrics=False)
+    ents = EntityBatchWriter(client, settings)
     fwd = []
     for k in range(100_000):
         ev = Event(event_id=f"x{k}", type=rng.choices(EVENT_TYPES, weights=[20, 3, 1, 1, 1, 1])[0],
                    user_id="u", item_id=rng.choice(items), ts=NOW - rng.randrange(31 * D))
-        fwd.append(ForwardedDelivery(1, k, ev))
+        fwd.append((0, ForwardedDelivery(1, k, 0, ev)))
     for k in range(0, len(fwd), 5_000):
         ents.write("item", fwd[k : k + 5_000])
     return items
@@ -92,7 +92,7 @@ def run(client: redis.Redis, settings: Settings, iterations: int) -> dict[str, A
         lambda: seqs.last_n("sim", "click", 50, category="nope"), iterations // 4)
     results["last_n_multi 5 actions x 50"] = timed(
         lambda: seqs.last_n_multi("u1", dict.fromkeys(ACTIONS, 50)), iterations)
-    stats_keys = [keys.stats("item", i) for i in items]
+    stats_keys = [KeyLayout(settings.redis.shards).stats("item", i) for i in items]
     windows = [w.name for w in layout.windows]
     results["stats_multi 1000 items x 4 windows x 5 actions"] = timed(
         lambda: stats.stats_multi("item", items, windows, ACTIONS, at=NOW), iterations // 2)
@@ -104,7 +104,7 @@ def run(client: redis.Redis, settings: Settings, iterations: int) -> dict[str, A
     results["StatsMatrix.to_dicts (1000 dicts of dicts)"] = timed(matrix.to_dicts, iterations // 4)
     results["stats 1 user (all windows, all types)"] = timed(
         lambda: stats.stats("user", "u1", at=NOW), iterations)
-    writer = UserStateWriter(client, settings, record_metrics=False)
+    writer = UserBatchWriter(client, settings)
     counter = iter(range(10**9))
 
     def write_batch() -> None:
@@ -113,7 +113,7 @@ def run(client: redis.Redis, settings: Settings, iterations: int) -> dict[str, A
                                                    user_id=f"w{rng.randrange(200)}", item_id="i1",
                                                    ts=NOW - rng.randrange(D)), False, "cat1", "a1")
                  for k in range(500)]
-        writer.write(3, batch)
+        writer.write({3: batch}, {3: NOW})
 
     results["user write batch (500 events, 200 users)"] = timed(write_batch, 50, warmup=3)
     return {"latency": results, "blob_bytes": layout.nbytes, "populate_s": round(populate_s, 2),

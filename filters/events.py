@@ -4,6 +4,9 @@ An event is one JSON object; unknown extra fields are ignored. Decoding either r
 :class:`Event` / :class:`ItemMeta` or raises :class:`~infra.errors.EventValidationError` with a short
 reason code — never anything else, whatever the bytes (fuzzed in tests).
 
+A record on the events topic carries either one event object or a JSON array of them (a *batched
+record*, see :func:`decode_record` / :func:`encode_batch`); :func:`decode_record` never raises.
+
 >>> ev = decode_event(b'{"event_id":"e1","type":"click","user_id":"u1","item_id":"i9","ts":1700000000000}')
 >>> ev.type, ev.user_id, ev.category
 ('click', 'u1', None)
@@ -15,7 +18,8 @@ infra.errors.EventValidationError: invalid_field: Invalid enum value 'buy' - at 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from collections.abc import Sequence
+from typing import Annotated, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -33,6 +37,11 @@ EpochMs = Annotated[int, msgspec.Meta(ge=0, lt=10_000_000_000_000)]
 EventType = Literal["impression", "click", "like", "collect", "share", "comment"]
 
 MAX_MESSAGE_BYTES = 64 * 1024
+"""The limit of one event (a single-event record, or one element of a batched record)."""
+MAX_RECORD_BYTES = 1024 * 1024
+"""The limit of a whole batched record."""
+MAX_EVENTS_PER_RECORD = 10_000
+"""The most events one batched record may carry."""
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -60,7 +69,11 @@ class ItemMeta(msgspec.Struct, frozen=True, omit_defaults=True):
 
 _event_decoder = msgspec.json.Decoder(Event)
 _item_decoder = msgspec.json.Decoder(ItemMeta)
+_batch_decoder = msgspec.json.Decoder(list[Event])
+_split_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _encoder = msgspec.json.Encoder()
+_DECODE_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError, ValueError, TypeError)
+_JSON_SPACE = b" \t\n\r"
 _T = TypeVar("_T")
 
 
@@ -114,3 +127,133 @@ def encode(obj: Event | ItemMeta) -> bytes:
     b'{"event_id":"e","type":"like","user_id":"u","item_id":"i","ts":5}'
     """
     return _encoder.encode(obj)
+
+
+# -- batched records ------------------------------------------------------------------------------------
+class RecordError(NamedTuple):
+    """One problem of a record: the bad element's ``batch_index``, or ``None`` for the whole record."""
+
+    batch_index: int | None
+    raw: bytes
+    """The bytes to dead-letter: the bad element's, or the whole record's."""
+    error: EventValidationError
+
+
+class DecodedRecord(msgspec.Struct, frozen=True):
+    """What :func:`decode_record` found in one record; ``events`` keep the record's order."""
+
+    events: list[tuple[int, Event]]
+    """``(index in the record, event)``; the index is 0 for a single-event record."""
+    errors: list[RecordError]
+    batched: bool
+    """True when the record is a JSON array (even a broken one)."""
+
+
+def decode_record(raw: bytes | bytearray | memoryview | None) -> DecodedRecord:
+    """Decode one events-topic record — one event object or a JSON array of them. Never raises.
+
+    A bad element of an array is reported alone, with its index and raw bytes; the other events are
+    returned. A record that cannot be split into elements (not JSON, an empty array, more than
+    :data:`MAX_RECORD_BYTES` or :data:`MAX_EVENTS_PER_RECORD`) is one error with index ``None``.
+    A single-event record behaves exactly like :func:`decode_event` (its error has index ``None``).
+
+    >>> ok = b'{"event_id":"e1","type":"click","user_id":"u1","item_id":"i9","ts":1}'
+    >>> rec = decode_record(b"[" + ok + b',{"event_id":"e2"},' + ok + b"]")
+    >>> [(i, ev.event_id) for i, ev in rec.events], rec.batched
+    ([(0, 'e1'), (2, 'e1')], True)
+    >>> [(e.batch_index, e.raw, e.error.reason) for e in rec.errors]
+    [(1, b'{"event_id":"e2"}', 'invalid_field')]
+    >>> decode_record(ok).events[0][0], decode_record(b"[]").errors[0].error.reason
+    (0, 'empty')
+    >>> bad = decode_record(b"[{broken")
+    >>> bad.events, bad.errors[0].batch_index, bad.errors[0].error.reason
+    ([], None, 'invalid_json')
+    """
+    if raw is None:
+        return _whole(b"", "empty", "message has no value", batched=False)
+    if not _is_array(raw):
+        try:
+            return DecodedRecord([(0, decode_event(raw))], [], batched=False)
+        except EventValidationError as exc:
+            return DecodedRecord([], [RecordError(None, bytes(raw), exc)], batched=False)
+    size = len(raw)
+    if size > MAX_RECORD_BYTES:
+        return _whole(raw, "too_large", f"{size} bytes > {MAX_RECORD_BYTES}")
+    parts: list[msgspec.Raw] | None = None
+    if size > MAX_MESSAGE_BYTES:  # an element might be too large: look at the elements first
+        split = _split(raw)
+        if isinstance(split, DecodedRecord):
+            return split
+        parts = split
+        if any(len(p) > MAX_MESSAGE_BYTES for p in parts):
+            return _decode_elements(parts)
+    try:  # the fast path: one decoder call for the whole array of valid events
+        events = _batch_decoder.decode(raw)
+    except _DECODE_ERRORS:
+        split = _split(raw) if parts is None else parts
+        return split if isinstance(split, DecodedRecord) else _decode_elements(split)
+    if not events:
+        return _whole(raw, "empty", "empty array")
+    if len(events) > MAX_EVENTS_PER_RECORD:
+        return _whole(raw, "too_many_events", f"{len(events)} events > {MAX_EVENTS_PER_RECORD}")
+    return DecodedRecord(list(enumerate(events)), [], batched=True)
+
+
+def _is_array(raw: bytes | bytearray | memoryview) -> bool:
+    head = raw[:1]
+    if head == b"[":
+        return True
+    if len(head) == 0 or head[0] not in _JSON_SPACE:
+        return False
+    return bytes(raw).lstrip(_JSON_SPACE)[:1] == b"["
+
+
+def _whole(raw: bytes | bytearray | memoryview, reason: str, detail: str, *, batched: bool = True) -> DecodedRecord:
+    error = RecordError(None, bytes(raw), EventValidationError(reason, detail))
+    return DecodedRecord([], [error], batched=batched)
+
+
+def _split(raw: bytes | bytearray | memoryview) -> list[msgspec.Raw] | DecodedRecord:
+    """The elements of a JSON array, or the whole-record error."""
+    try:
+        parts = _split_decoder.decode(raw)
+    except _DECODE_ERRORS as exc:
+        return _whole(raw, "invalid_json", str(exc))
+    if not parts:
+        return _whole(raw, "empty", "empty array")
+    if len(parts) > MAX_EVENTS_PER_RECORD:
+        return _whole(raw, "too_many_events", f"{len(parts)} events > {MAX_EVENTS_PER_RECORD}")
+    return parts
+
+
+def _decode_elements(parts: list[msgspec.Raw]) -> DecodedRecord:
+    events: list[tuple[int, Event]] = []
+    errors: list[RecordError] = []
+    for i, part in enumerate(parts):
+        try:
+            events.append((i, _decode(_event_decoder, part)))
+        except EventValidationError as exc:
+            errors.append(RecordError(i, bytes(part), exc))
+    return DecodedRecord(events, errors, batched=True)
+
+
+def encode_batch(events: Sequence[Event]) -> bytes:
+    """Encode events as one batched record: a compact JSON array.
+
+    Raises :class:`~infra.errors.InputError` for no events, more than :data:`MAX_EVENTS_PER_RECORD`,
+    or more than :data:`MAX_RECORD_BYTES`. All events should share a partition (the producer's job).
+
+    >>> ev = Event(event_id="e", type="like", user_id="u", item_id="i", ts=5)
+    >>> encode_batch([ev, ev])
+    b'[{"event_id":"e","type":"like","user_id":"u","item_id":"i","ts":5},{"event_id":"e","type":"like","user_id":"u","item_id":"i","ts":5}]'
+    >>> [e for _, e in decode_record(encode_batch([ev])).events] == [ev]
+    True
+    """
+    if not events or len(events) > MAX_EVENTS_PER_RECORD:
+        msg = f"a batched record carries 1..{MAX_EVENTS_PER_RECORD} events, got {len(events)}"
+        raise InputError(msg)
+    out = _encoder.encode(events if isinstance(events, list | tuple) else list(events))
+    if len(out) > MAX_RECORD_BYTES:
+        msg = f"batched record of {len(events)} events is {len(out)} bytes > {MAX_RECORD_BYTES}"
+        raise InputError(msg)
+    return out

@@ -74,16 +74,21 @@ BLOOM_ESTIMATED_FPR = Histogram(
 
 # --- last-N sequences ------------------------------------------------------------------------------
 SEQ_APPENDED = Counter("recstream_sequence_entries_appended", "Entries added to last-N sequences", ["action"])
-SEQ_LATE_INSERTS = Counter(
-    "recstream_sequence_late_inserts", "Entries inserted behind the newest entry (out of order)", ["action"]
-)
-SEQ_LENGTH = Histogram(
-    "recstream_sequence_length", "Sequence length after an update", ["action"],
-    buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
+SEQ_TRIMMED = Counter(
+    "recstream_sequence_entries_trimmed", "Entries dropped from last-N sequences beyond their capacity", ["action"]
 )
 
 # --- windowed statistics ---------------------------------------------------------------------------
 TILE_UPDATES = Counter("recstream_tile_updates", "Tile counter increments", ["kind"])
+
+# --- the write path --------------------------------------------------------------------------------
+SCRIPT_CALLS = Counter(
+    "recstream_write_script_calls", "Lua calls made by the write path (one per shard and batch)", ["stage"]
+)
+WRITE_SECONDS = Histogram(
+    "recstream_write_seconds", "Time of one batch's Redis writes (the Lua round trip)", ["stage"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 
 # --- serving ---------------------------------------------------------------------------------------
 SERVING_SECONDS = Histogram(

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import redis
 
-from infra.errors import InfraError
+from infra.errors import ConfigError, InfraError
+from infra.keys import LAYOUT_KEY
 from infra.redis_server import redact
 
-__all__ = ["connect", "require_binary_client", "unreachable"]
+__all__ = ["check_layout", "connect", "require_binary_client", "unreachable"]
 
 
 def require_binary_client(client: redis.Redis) -> None:
@@ -47,3 +48,18 @@ def connect(url: str, *, check: bool = True, timeout_s: float = 5.0) -> redis.Re
         except redis.RedisError as exc:
             raise unreachable(url, exc) from None
     return client
+
+
+def check_layout(client: redis.Redis, shards: int, *, claim: bool = False) -> None:
+    """Refuse to read or write data laid out for another shard count (``redis.shards``).
+
+    Writers ``claim`` the layout (the first writer records its shard count); readers only compare, and a
+    Redis with no recstream data passes.
+    """
+    if claim:
+        client.set(LAYOUT_KEY, str(shards), nx=True)
+    stored = client.get(LAYOUT_KEY)
+    if stored is not None and int(stored) != shards:
+        msg = (f"the recstream data in this Redis was written with redis.shards = {int(stored)}, settings say "
+               f"{shards}: set RECSTREAM_REDIS_SHARDS={int(stored)} (or rebuild into an empty Redis)")
+        raise ConfigError(msg)

@@ -85,6 +85,11 @@ class RedisSettings(_Section):
     port: int = Field(6479, ge=1, le=65535, description="not 6379: a system Redis often has it")
     db: int = Field(0, ge=0)
     maxmemory: str = "0"
+    shards: int = Field(
+        64, ge=1, le=16384,
+        description="shards per entity kind (one cluster slot each); the worker makes one Lua call per shard "
+        "and batch; fixed for the life of the data (rebuild to change it)",
+    )
 
     @property
     def effective_url(self) -> str:
@@ -158,6 +163,21 @@ class StatsSettings(_Section):
     )
 
 
+class ProducerSettings(_Section):
+    """How :class:`stream.producer.EventProducer` packs events into batched records (docs/events.md)."""
+
+    batch_max_events: int = Field(
+        500, ge=1, le=10_000, description="events per record; 1 = one event per record (the old format)"
+    )
+    batch_max_bytes: int = Field(
+        256 * 1024, ge=1024, le=960 * 1024,
+        description="bytes per record; below the 1 MiB record limit and librdkafka's message.max.bytes (1e6)",
+    )
+    linger_ms: float = Field(
+        5.0, ge=0, le=60_000, description="longest an event waits in a partial batch (checked on send/poll/flush)"
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable in recstream, in one frozen object."""
 
@@ -176,6 +196,7 @@ class Settings(BaseSettings):
     bloom: BloomSettings = BloomSettings()
     lastn: LastNSettings = LastNSettings()
     stats: StatsSettings = StatsSettings()
+    producer: ProducerSettings = ProducerSettings()
 
     @classmethod
     def settings_customise_sources(

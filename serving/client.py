@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import redis
 
 from infra import metrics
+from infra.clock import Clock, now_ms
+from infra.redis_client import check_layout, unreachable
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
 from serving.sequences import Entry, SequenceReader
@@ -36,13 +38,20 @@ class FeatureClient:
     """Reads exposure filters, last-N sequences and windowed statistics (sync, thread-safe)."""
 
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None,
-                 **redis_kwargs: Any) -> None:
+                 clock: Clock = now_ms, **redis_kwargs: Any) -> None:
+        """Connect (one round trip: the data's key layout is checked against ``redis.shards``); an
+        unreachable Redis raises one :class:`~infra.errors.InfraError` naming the URL. ``clock`` (epoch ms)
+        defaults every read's ``at``."""
         self.settings = settings or load_settings()
         url = redis_url or self.settings.redis.effective_url
         self.redis = redis.Redis.from_url(url, **redis_kwargs)
-        self._exposure = ExposureReader(self.redis, self.settings)
+        try:
+            check_layout(self.redis, self.settings.redis.shards)
+        except redis.RedisError as exc:
+            raise unreachable(url, exc) from None
+        self._exposure = ExposureReader(self.redis, self.settings, clock)
         self._sequences = SequenceReader(self.redis, self.settings)
-        self._stats = StatsReader(self.redis, self.settings)
+        self._stats = StatsReader(self.redis, self.settings, clock)
 
     # --- exposure filter (retrieval) ---------------------------------------------------------------
     def filter_unseen(self, user_id: str, candidate_ids: Iterable[str], at: int | None = None) -> list[str]:

@@ -21,7 +21,6 @@ slice is older than that (see docs/exposure.md).
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -31,8 +30,9 @@ from filters.bloom import BoolArray, Hashes, item_hashes
 from filters.events import check_user
 from filters.slices import SlicePlan, decode_params
 from filters.union import union_contains
-from infra import keys
+from infra.clock import Clock, now_ms
 from infra.errors import InputError
+from infra.keys import KeyLayout
 from infra.lua import Script
 from infra.metrics import (
     BLOOM_BYTES_PER_USER,
@@ -123,10 +123,12 @@ def _as_seq(ids: Iterable[str]) -> Sequence[str]:
 class ExposureReader:
     """``filter_unseen`` / ``seen`` against the exposure filters in Redis (mounted on FeatureClient)."""
 
-    def __init__(self, redis_client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, redis_client: redis.Redis, settings: Settings, clock: Clock = now_ms) -> None:
         self.redis = redis_client
+        self.clock = clock
         self.bloom = settings.bloom
         self.plan = SlicePlan.from_settings(settings.bloom)
+        self.keys = KeyLayout(settings.redis.shards)
         self.script = Script("exposure_read.lua")
         # compile the hash and membership loops (or load them from numba's disk cache) now, so that
         # the first query does not pay for it
@@ -143,13 +145,13 @@ class ExposureReader:
         """The raw read-script reply for ``user_id`` at ``at``: ``[params, bitmap, ...]`` (one round trip)."""
         check_user(user_id)
         if at is None:
-            at = time.time_ns() // 1_000_000
+            at = self.clock()
         elif not isinstance(at, int) or isinstance(at, bool):
             msg = f"at must be epoch ms (int) or None, got {at!r}"
             raise InputError(msg)
         v = self.bloom.hash_version
-        args = (keys.slice_key_prefix(user_id, v), at, self.plan.retention_ms, self.plan.slice_ms)
-        reply: list[bytes] = self.script(self.redis, [keys.bloom_index(user_id, v)], args)
+        args = (self.keys.slice_key_prefix(user_id, v), at, self.plan.retention_ms, self.plan.slice_ms)
+        reply: list[bytes] = self.script(self.redis, [self.keys.bloom_index(user_id, v)], args)
         return reply
 
     def seen(self, user_id: str, ids: Iterable[str], at: int | None = None) -> list[bool]:

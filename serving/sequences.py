@@ -17,7 +17,7 @@ import redis
 
 from filters.events import EVENT_TYPES
 from filters.sequences import Entry, decode_member, sequence_capacities
-from infra import keys
+from infra.keys import KeyLayout
 from infra.redis_client import require_binary_client
 from infra.settings import Settings
 
@@ -62,13 +62,14 @@ class SequenceReader:
         require_binary_client(client)
         self.client = client
         self.capacities = sequence_capacities(settings.lastn)
+        self.keys = KeyLayout(settings.redis.shards)
         self._scan = client.register_script(CATEGORY_SCAN_LUA)
 
     def _key(self, user_id: str, action: str) -> str | None:
         if action not in EVENT_TYPES:
             msg = f"unknown action {action!r}; known: {list(EVENT_TYPES)}"
             raise ValueError(msg)
-        return keys.sequence(user_id, action) if action in self.capacities else None
+        return self.keys.sequence(user_id, action) if action in self.capacities else None
 
     def last_n(
         self,

@@ -14,7 +14,6 @@ and event type (:func:`filters.tiles.window_counts`) and then into read-time fea
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,8 @@ import redis
 
 from filters.events import EVENT_TYPES
 from filters.tiles import COUNTERS, TileLayout, decode_blobs, window_counts
-from infra import keys
+from infra.clock import Clock, now_ms
+from infra.keys import ENTITY_KINDS, KeyLayout
 from infra.redis_client import require_binary_client
 from infra.settings import Settings
 
@@ -104,10 +104,12 @@ class StatsMatrix:
 class StatsReader:
     """``stats`` / ``stats_multi`` over a sync ``redis.Redis`` client."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, clock: Clock = now_ms) -> None:
         require_binary_client(client)
         self.client = client
         self.settings = settings
+        self.clock = clock
+        self.keys = KeyLayout(settings.redis.shards)
         self.layout = TileLayout.from_settings(settings.stats)
         self._all_windows = tuple(w.name for w in self.layout.windows)
 
@@ -135,7 +137,7 @@ class StatsReader:
         """The features of already fetched blobs (``None`` = no key); what :meth:`stats_multi` does
         after its ``MGET``."""
         wins, acts = self._resolve(windows, actions)
-        at_ms = int(time.time() * 1000) if at is None else int(at)
+        at_ms = self.clock() if at is None else int(at)
         counts = window_counts(decode_blobs(blobs, self.layout), self.layout, at_ms, wins)
         stats = self.settings.stats
         names, values = features(counts, acts, stats.prior_strength, stats.prior_rates)
@@ -151,12 +153,12 @@ class StatsReader:
     ) -> StatsMatrix:
         """Features of many entities of one ``kind`` (``user``, ``item``, ``author``, ``user_category``
         with ``(user_id, category)`` ids) in one ``MGET``; ``at`` = epoch ms (default: now)."""
-        if kind not in keys.ENTITY_KINDS:
-            msg = f"unknown kind {kind!r}; known: {list(keys.ENTITY_KINDS)}"
+        if kind not in ENTITY_KINDS:
+            msg = f"unknown kind {kind!r}; known: {list(ENTITY_KINDS)}"
             raise ValueError(msg)
         if not ids:
             return self.compute([], ids, windows, actions, at)
-        blobs: list[Any] = self.client.mget([keys.stats(kind, i) for i in ids])
+        blobs: list[Any] = self.client.mget([self.keys.stats(kind, i) for i in ids])
         return self.compute(blobs, ids, windows, actions, at)
 
     def stats(

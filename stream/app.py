@@ -2,18 +2,21 @@
 
 Every agent runs with concurrency 1 (faust-streaming #606 commits past in-flight messages otherwise) and
 batches with ``take_events(n, within=…)`` (``take`` without ``within`` can stall). Processing is
-``at_least_once``; exactness comes from the replay guard in Redis (docs/architecture.md). Faust commits a
-batch's source offsets only after the batch iteration completed and its producer was flushed, so a
-forwarded or dead-lettered message is never lost.
+``at_least_once``; exactness comes from the replay guard in Redis (docs/architecture.md). Each batch is
+committed in one order: its Redis writes, then its forwards and dead letters (awaited until the broker
+acknowledged them), then its event-time clocks, and only then — after the iteration that took the batch
+has finished — Faust commits the source offsets. A crash anywhere replays the batch into a guard that
+makes the replay a no-op, and a forwarded or dead-lettered message is never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import faust
 import redis
@@ -21,11 +24,12 @@ from faust.types import EventT
 
 from infra import metrics
 from infra.errors import InfraError
-from infra.redis_server import redact
+from infra.redis_client import check_layout, connect
 from infra.settings import Settings
 from stream.ingest import EntityStage, IngestStage, ItemMetaStage, Record, StageOutput
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
@@ -37,15 +41,14 @@ def _records(events: Sequence[EventT[bytes]]) -> list[Record]:
     return out
 
 
-async def _process_with_retry(agent_name: str, stage: Any, records: list[Record]) -> StageOutput:
-    """Run a stage off the event loop; wait out Redis outages (the batch stays unacknowledged meanwhile)."""
+async def _retry_redis(agent_name: str, work: Callable[[], T]) -> T:
+    """Run ``work`` off the event loop; wait out Redis outages (the batch stays unacknowledged meanwhile)."""
     delay = 0.1
     while True:
         try:
-            out: StageOutput = await asyncio.to_thread(stage.process, records)
-            return out
+            return await asyncio.to_thread(work)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("%s: Redis unavailable (%s); retrying the batch in %.1f s", agent_name, exc, delay)
+            log.warning("%s: Redis unavailable (%s); retrying in %.1f s", agent_name, exc, delay)
             metrics.REDIS_RETRIES.labels(agent=agent_name).inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -79,26 +82,29 @@ def create_app(settings: Settings) -> faust.App:
     n, within = worker.batch_size, worker.batch_within_s
 
     async def emit(out: StageOutput) -> None:
-        for dead in out.dead_letters:
-            await dlq.send(key=dead.record.key, value=dead.record.value, headers=dead.headers())
-        for partition, value in out.messages("item"):
-            await by_item.send(value=value, partition=partition)
-        for partition, value in out.messages("author"):
-            await by_author.send(value=value, partition=partition)
+        """Send the batch's dead letters and forwards and wait until the broker acknowledged each."""
+        pending = [await dlq.send(key=d.record.key, value=d.payload, headers=d.headers()) for d in out.dead_letters]
+        pending += [await by_item.send(value=v, partition=p) for p, v in out.messages("item")]
+        pending += [await by_author.send(value=v, partition=p) for p, v in out.messages("author")]
+        if pending:
+            await asyncio.gather(*pending)
 
     async def run(agent_name: str, stage: Any, stream: faust.StreamT[bytes]) -> None:
+        # the commit order: Redis writes -> forwards acknowledged -> clocks persisted -> offsets
+        # (Faust commits an event's offset only after the iteration that took it has finished)
         async for events in stream.take_events(n, within=within):  # type: ignore[attr-defined]
             records = _records(events)
             started = time.perf_counter()
-            out = await _process_with_retry(agent_name, stage, records)
+            out: StageOutput = await _retry_redis(agent_name, functools.partial(stage.process, records))
             await emit(out)
+            await _retry_redis(agent_name, out.commit)
             metrics.BATCH_SIZE.labels(agent=agent_name).observe(len(records))
             metrics.PROCESSING_SECONDS.labels(agent=agent_name).observe(time.perf_counter() - started)
 
     ingest_stage = IngestStage(client, settings)
     item_stage = EntityStage(client, settings, "item")
     author_stage = EntityStage(client, settings, "author")
-    meta_stage = ItemMetaStage(client)
+    meta_stage = ItemMetaStage(client, settings)
 
     @app.agent(app.topic(kafka.events_topic, **RAW), concurrency=1, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
@@ -121,13 +127,7 @@ def create_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT (``recstream worker``)."""
-    url = settings.redis.effective_url
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
-    except redis.RedisError as exc:
-        msg = (f"cannot reach Redis at {redact(url)} ({exc}); "
-               "start it with `recstream infra up` or set RECSTREAM_REDIS_URL")
-        raise InfraError(msg) from None
+    check_layout(connect(settings.redis.effective_url), settings.redis.shards, claim=True)
     port = settings.worker.metrics_port
     try:
         metrics.serve(port)

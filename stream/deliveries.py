@@ -1,8 +1,9 @@
 """What the agents hand to the feature writers: one Kafka delivery of one validated event.
 
-A :class:`Delivery` is one message of the user-keyed events topic (its source ``offset`` is what the
-replay guard compares). A :class:`ForwardedDelivery` is a *first* delivery re-published by the user
-stage on the by-item / by-author repartition topic; it carries its source partition and offset so the
+A :class:`Delivery` is one event of one message of the user-keyed events topic; its source position
+``(offset, index)`` — the index is its place in a batched record, 0 for a single-event record — is what
+the replay guard compares. A :class:`ForwardedDelivery` is a *first* delivery re-published by the user
+stage on the by-item / by-author repartition topic; it carries its source partition and position so the
 entity stage can guard on them. Both are frozen; forwarded deliveries travel as compact JSON, several
 per message (one message per target partition and batch).
 
@@ -12,13 +13,13 @@ per message (one message per target partition and batch).
 >>> fwd = d.forwarded(partition=3)
 >>> raw = encode_forwarded_batch([fwd])
 >>> raw
-b'[[3,41,{"event_id":"e1","type":"click","user_id":"u1","item_id":"i1","ts":1700000000000},false,"food","a1"]]'
+b'[[3,41,0,{"event_id":"e1","type":"click","user_id":"u1","item_id":"i1","ts":1700000000000},false,"food","a1"]]'
 >>> decode_forwarded_batch(raw) == [fwd]
 True
 >>> decode_forwarded_batch(b'[[1]]')
 Traceback (most recent call last):
 ...
-infra.errors.EventValidationError: invalid_forward: Expected `array` of at least length 3, got 1 - at `$[0]`
+infra.errors.EventValidationError: invalid_forward: Expected `array` of at least length 4, got 1 - at `$[0]`
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ class Delivery(msgspec.Struct, frozen=True):
     stats_late: bool = False
     category: str | None = None
     author_id: str | None = None
+    index: int = 0
 
     def forwarded(self, partition: int) -> ForwardedDelivery:
         """This delivery as it is re-published on a repartition topic from source ``partition``."""
         return ForwardedDelivery(
             source_partition=partition,
             source_offset=self.offset,
+            source_index=self.index,
             event=self.event,
             stats_late=self.stats_late,
             category=self.category,
@@ -67,6 +70,7 @@ class ForwardedDelivery(msgspec.Struct, frozen=True, array_like=True):
 
     source_partition: int
     source_offset: int
+    source_index: int
     event: Event
     stats_late: bool = False
     category: str | None = None
@@ -81,9 +85,9 @@ def encode_forwarded_batch(deliveries: list[ForwardedDelivery]) -> bytes:
     """Several forwarded deliveries bound for one repartition partition, as one message (a JSON array).
 
     >>> ev = Event(event_id="e", type="click", user_id="u", item_id="i", ts=5)
-    >>> raw = encode_forwarded_batch([ForwardedDelivery(0, 7, ev), ForwardedDelivery(0, 8, ev)])
-    >>> [d.source_offset for d in decode_forwarded_batch(raw)]
-    [7, 8]
+    >>> raw = encode_forwarded_batch([ForwardedDelivery(0, 7, 0, ev), ForwardedDelivery(0, 7, 1, ev)])
+    >>> [(d.source_offset, d.source_index) for d in decode_forwarded_batch(raw)]
+    [(7, 0), (7, 1)]
     """
     return _encoder.encode(deliveries)
 

@@ -1,15 +1,13 @@
-"""Redis adapters of the exposure filters: the batch writer the Faust agent calls, and shared helpers.
+"""A stand-alone writer of the exposure filters, for benchmarks, tests and tools.
 
-One Lua call per user per batch (``exposure_add.lua``), all users of a batch in one pipeline; the script
-is loaded once (``SCRIPT LOAD``) and called with ``EVALSHA``; a ``NOSCRIPT`` reply (Redis restarted or
-flushed its script cache) reloads it and re-runs only the affected calls, which is safe because the
-script is idempotent (SETBIT, and an item counts as added only if a bit flipped).
+The worker adds impressions inside its one-call-per-shard batch script (``user_batch.lua``); this adapter
+runs the same Bloom code (``bloom_lib.lua``) through ``exposure_add.lua``, one call per user, all users
+of a call in one pipeline. It is idempotent: an item counts as added only if one of its bits flipped.
 
 Event time only: slice membership comes from each impression's ``ts``, expiry from the ``watermark_ms``
 the caller passes (the partition watermark). The wall clock is used for one thing, the safety TTL
-``retention + slice length + safety_ttl_days`` set on every key written, which therefore can never delete
-a slice still inside the retention of the stream being (re)played.
-
+``retention + slice length + safety_ttl_days`` set when a bitmap or slice is created, which therefore
+can never delete a slice still inside the retention of the stream being (re)played.
 """
 
 from __future__ import annotations
@@ -23,8 +21,8 @@ import redis
 from filters.bloom import item_hashes
 from filters.events import check_user
 from filters.slices import SlicePlan
-from infra import keys
 from infra.errors import InputError
+from infra.keys import KeyLayout
 from infra.lua import Script
 from infra.settings import MS_PER_DAY, Settings
 
@@ -32,7 +30,7 @@ from infra.settings import MS_PER_DAY, Settings
 class ExposureWriter:
     """Adds impressions to the users' time-sliced exposure filters (one Lua call per user per batch).
 
-    Usage from the ingest agent, once per batch, after the batch's watermark is known::
+    Usage, once per batch, after the batch's watermark is known::
 
         writer = ExposureWriter(redis.Redis.from_url(settings.redis.effective_url), settings)
         writer.add({"u1": [("i1", ts1), ("i2", ts2)]}, watermark_ms=partition_watermark)
@@ -43,7 +41,8 @@ class ExposureWriter:
         self.redis = redis_client
         self.bloom = settings.bloom
         self.plan = SlicePlan.from_settings(settings.bloom)
-        self.script = Script("exposure_add.lua")
+        self.script = Script("bloom_lib.lua", "exposure_add.lua")
+        self.keys = KeyLayout(settings.redis.shards)
         self._table = ";".join(p.encode() for p in self.plan.table)
         self._ttl_s = (
             self.plan.retention_ms + self.plan.slice_ms + self.bloom.safety_ttl_days * MS_PER_DAY
@@ -96,12 +95,12 @@ class ExposureWriter:
             if lo == hi:
                 continue
             args: list[Any] = [
-                keys.slice_key_prefix(user_id, version), watermark_ms, plan.retention_ms, plan.slice_ms,
+                self.keys.slice_key_prefix(user_id, version), watermark_ms, plan.retention_ms, plan.slice_ms,
                 self._ttl_s, self._table,
             ]
             quads = zip(starts[lo:hi], h1l[lo:hi], h2l[lo:hi], h3l[lo:hi], strict=True)
             args.extend(itertools.chain.from_iterable(quads))
-            calls.append(([keys.bloom_index(user_id, version)], args))
+            calls.append(([self.keys.bloom_index(user_id, version)], args))
         return self._run(calls)
 
     def _run(self, calls: list[tuple[list[str], list[Any]]]) -> int:

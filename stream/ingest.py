@@ -1,31 +1,38 @@
 """The processing stages, independent of Faust: a batch of Kafka records in, Redis writes and outputs out.
 
-:class:`IngestStage` handles the user-keyed events topic: decode and validate (invalid → dead letter),
-event-time clocks, item-metadata enrichment, exposure filters, last-N sequences and user statistics,
-and the first deliveries to forward to the item- and author-keyed repartition topics.
+:class:`IngestStage` handles the user-keyed events topic: decode and validate every event of every record
+(single-event or batched; invalid → dead letter, alone), event-time clocks, item-metadata enrichment,
+then one :class:`~stream.writers.UserBatchWriter` pipeline for exposure filters, last-N sequences and
+user statistics, and the first deliveries to forward to the item- and author-keyed repartition topics.
 :class:`EntityStage` applies forwarded deliveries to item or author statistics, and
 :class:`ItemMetaStage` stores item metadata. The Faust agents in :mod:`stream.app` are thin adapters.
+
+A stage's :meth:`process` returns a :class:`StageOutput`; the caller sends its messages, waits until the
+broker acknowledged them, then calls :meth:`StageOutput.commit` (it persists the event-time clocks), and
+only then lets Faust commit the offsets: Redis → forwards → watermark → offsets (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
 import redis
-from aiokafka.partitioner import DefaultPartitioner
 
-from filters.events import Event, decode_event, decode_item
-from infra import keys, metrics
+from filters.events import Event, decode_item, decode_record
+from infra import metrics
+from infra.clock import Clock, now_ms
 from infra.errors import EventValidationError
+from infra.keys import KeyLayout
 from infra.settings import Settings
+from stream.batching import KeyPartitioner
 from stream.deliveries import Delivery, ForwardedDelivery, decode_forwarded_batch, encode_forwarded_batch
-from stream.exposure_writer import ExposureWriter
 from stream.watermarks import WatermarkStore
-from stream.writers import EntityStatsWriter, UserStateWriter
+from stream.writers import EntityBatchWriter, UserBatchWriter
 
 
 @dataclass(frozen=True)
@@ -41,39 +48,56 @@ class Record:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """An invalid message with the reason it was rejected, bound for the dead-letter topic."""
+    """An invalid message (or one bad event of a batched record) with the reason it was rejected."""
 
     record: Record
     reason: str
     detail: str
+    batch_index: int | None = None
+    value: bytes | None = None
+    """The bytes to dead-letter: the bad element of a batched record; ``None`` = the whole record."""
 
     def headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers carrying the reason and the source coordinates."""
-        return [
+        out = [
             ("reason", self.reason.encode()),
             ("detail", self.detail[:1000].encode()),
             ("source_topic", self.record.topic.encode()),
             ("source_partition", str(self.record.partition).encode()),
             ("source_offset", str(self.record.offset).encode()),
         ]
+        if self.batch_index is not None:
+            out.append(("batch_index", str(self.batch_index).encode()))
+        return out
+
+    @property
+    def payload(self) -> bytes | None:
+        """The dead letter's value."""
+        return self.record.value if self.value is None else self.value
 
 
 #: Forwarded deliveries per repartition message (keeps messages far below Kafka's 1 MiB default).
 MAX_FORWARDS_PER_MESSAGE = 1000
 
 
+def _noop() -> None:
+    return None
+
+
 @dataclass
 class StageOutput:
-    """What a stage wants sent to Kafka after its Redis writes succeeded.
+    """What a stage wants sent to Kafka after its Redis writes succeeded, and what to do once it was.
 
     Forwards are grouped per target partition of the repartition topics (chosen with the murmur2
     partitioner Faust and Kafka use for the item / author key) and sent as one message per group, in
-    source order — far fewer Kafka sends than one message per event, with the same placement.
+    source order. ``commit`` persists the event-time clocks: call it only after every message was
+    acknowledged by the broker.
     """
 
     dead_letters: list[DeadLetter] = field(default_factory=list)
     by_item: dict[int, list[ForwardedDelivery]] = field(default_factory=dict)
     by_author: dict[int, list[ForwardedDelivery]] = field(default_factory=dict)
+    commit: Callable[[], None] = _noop
 
     def messages(self, which: Literal["item", "author"]) -> list[tuple[int, bytes]]:
         """(partition, value) of the repartition messages for ``which``."""
@@ -85,80 +109,95 @@ class StageOutput:
         ]
 
 
-class _KeyPartitioner:
-    """Where a murmur2 producer (Kafka's Java client, aiokafka, Faust) puts a key among n partitions."""
-
-    def __init__(self, partitions: int) -> None:
-        self._all = list(range(partitions))
-        self._hash = DefaultPartitioner()
-        self._cache: dict[str, int] = {}
-
-    def __call__(self, key: str) -> int:
-        p = self._cache.get(key)
-        if p is None:
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            p = self._cache[key] = self._hash(key.encode(), self._all, self._all)
-        return p
+def _dead(out: StageOutput, letter: DeadLetter) -> None:
+    out.dead_letters.append(letter)
+    metrics.EVENTS_INVALID.labels(reason=letter.reason).inc()
 
 
-def _decode_valid(records: Sequence[Record], out: StageOutput) -> list[tuple[Record, Event]]:
-    valid: list[tuple[Record, Event]] = []
+def decode_batch(
+    records: Sequence[Record], partition_of: KeyPartitioner, out: StageOutput
+) -> list[tuple[Record, int, Event]]:
+    """Every valid event of ``records`` as ``(record, index in record, event)``, in source order.
+
+    Bad events (and whole records that are not JSON) become dead letters in ``out``; so does an event
+    whose user does not belong to the record's partition (``wrong_partition``: its order and dedup
+    would be undefined).
+    """
+    valid: list[tuple[Record, int, Event]] = []
     for rec in records:
-        try:
-            valid.append((rec, decode_event(rec.value)))
-        except EventValidationError as exc:
-            out.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail))
-            metrics.EVENTS_INVALID.labels(reason=exc.reason).inc()
+        decoded = decode_record(rec.value)
+        for err in decoded.errors:
+            value = err.raw if err.batch_index is not None else None
+            _dead(out, DeadLetter(rec, err.error.reason, err.error.detail, err.batch_index, value))
+        for index, ev in decoded.events:
+            if partition_of(ev.user_id) != rec.partition:
+                detail = f"user {ev.user_id!r} belongs to partition {partition_of(ev.user_id)}, not {rec.partition}"
+                raw = None if not decoded.batched else _element(rec, index)
+                _dead(out, DeadLetter(rec, "wrong_partition", detail, index if decoded.batched else None, raw))
+                continue
+            valid.append((rec, index, ev))
     return valid
+
+
+def _element(rec: Record, index: int) -> bytes:
+    """The raw bytes of element ``index`` of a batched record (only for the rare dead letter)."""
+    return bytes(msgspec.json.decode(rec.value or b"[]", type=list[msgspec.Raw])[index])
 
 
 class IngestStage:
     """User-keyed stage over the events topic (see module docstring)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, clock: Clock = now_ms) -> None:
         self._redis = client
         self._settings = settings
+        self._clock = clock
+        self._keys = KeyLayout(settings.redis.shards)
         self._clocks = WatermarkStore(
-            client, settings.worker.app_id, settings.kafka.events_topic, settings.stats.allowed_lateness_ms
+            client, settings.worker.app_id, settings.kafka.events_topic, settings.stats.allowed_lateness_ms, clock
         )
-        self._exposures = ExposureWriter(client, settings)
-        self._users = UserStateWriter(client, settings)
-        self._partition_of = _KeyPartitioner(settings.kafka.partitions)
+        self._users = UserBatchWriter(client, settings)
+        self._partition_of = KeyPartitioner(settings.kafka.partitions)
 
     def process(self, records: Sequence[Record]) -> StageOutput:
         """Apply one batch (any mix of partitions, each in offset order) and return what to send."""
         out = StageOutput()
-        valid = _decode_valid(records, out)
+        valid = decode_batch(records, self._partition_of, out)
         if not valid:
             return out
-        clocks = self._clocks.load(rec.partition for rec, _ in valid)
-        meta = self._item_meta(ev for _, ev in valid if ev.category is None or ev.author_id is None)
-        by_partition: dict[int, list[Delivery]] = defaultdict(list)
-        impressions: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for rec, ev in valid:
-            late = clocks[rec.partition].observe(ev.ts, rec.offset)
+        clocks = self._clocks.load(rec.partition for rec, _, _ in valid)
+        meta = self._item_meta(ev for _, _, ev in valid if ev.category is None or ev.author_id is None)
+        batch: dict[int, list[Delivery]] = defaultdict(list)
+        for rec, index, ev in valid:
+            clock = clocks[rec.partition]
+            if clock.covers(rec.offset, index):
+                continue  # applied, forwarded and inside the persisted clock before a crash
+            late = clock.observe(ev.ts, rec.offset, index)
             category, author = ev.category, ev.author_id
             if category is None or author is None:
                 known = meta.get(ev.item_id, (None, None))
                 category = category if category is not None else known[0]
                 author = author if author is not None else known[1]
-            by_partition[rec.partition].append(Delivery(rec.offset, ev, late, category, author))
-            if ev.type == "impression":
-                impressions[ev.user_id].append((ev.item_id, ev.ts))
-        watermark = min(c.watermark for c in clocks.values())
-        if impressions:
-            metrics.BLOOM_ADDS.inc(self._exposures.add(impressions, watermark))
-        for partition, deliveries in by_partition.items():
-            result = self._users.write(partition, deliveries)
-            for fwd in result.forwards():
-                out.by_item.setdefault(self._partition_of(fwd.event.item_id), []).append(fwd)
-                if fwd.author_id is not None:
-                    out.by_author.setdefault(self._partition_of(fwd.author_id), []).append(fwd)
-            result.record_guard_metrics()
-        self._clocks.save(clocks)
-        _observe_processed(ev for _, ev in valid)
+            batch[rec.partition].append(Delivery(rec.offset, ev, late, category, author, index))
+        started = time.perf_counter()
+        result = self._users.write(batch, {p: c.watermark for p, c in clocks.items()})
+        metrics.WRITE_SECONDS.labels(stage="user").observe(time.perf_counter() - started)
+        result.record_metrics()
+        late_applied = 0
+        for p, deliveries in batch.items():
+            for d, st in zip(deliveries, result.statuses[p], strict=True):
+                if st == "A" and d.stats_late:
+                    late_applied += 1
+                if st in "AR":
+                    self._forward(out, d.forwarded(p))
+        metrics.LATE_DROPPED.labels(stage="user").inc(late_applied)
+        out.commit = lambda: self._clocks.save(clocks)
+        self._observe_processed(ev for _, _, ev in valid)
         return out
+
+    def _forward(self, out: StageOutput, fwd: ForwardedDelivery) -> None:
+        out.by_item.setdefault(self._partition_of(fwd.event.item_id), []).append(fwd)
+        if fwd.author_id is not None:
+            out.by_author.setdefault(self._partition_of(fwd.author_id), []).append(fwd)
 
     def _item_meta(self, events: Iterable[Event]) -> dict[str, tuple[str | None, str | None]]:
         items = sorted({ev.item_id for ev in events})
@@ -166,7 +205,7 @@ class IngestStage:
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for item in items:
-            pipe.hmget(keys.item_meta(item), "category", "author_id")
+            pipe.hmget(self._keys.item_meta(item), "category", "author_id")
         found: dict[str, tuple[str | None, str | None]] = {}
         for item, (category, author) in zip(items, pipe.execute(), strict=True):
             if category is not None or author is not None:
@@ -176,18 +215,17 @@ class IngestStage:
                 )
         return found
 
-
-def _observe_processed(events: Iterable[Event]) -> None:
-    now_ms = time.time() * 1000
-    counts: dict[str, int] = defaultdict(int)
-    newest = 0
-    for ev in events:
-        counts[ev.type] += 1
-        newest = max(newest, ev.ts)
-    for etype, n in counts.items():
-        metrics.EVENTS_PROCESSED.labels(type=etype).inc(n)
-    if newest and now_ms >= newest:
-        metrics.FRESHNESS_SECONDS.labels(agent="ingest").observe((now_ms - newest) / 1000)
+    def _observe_processed(self, events: Iterable[Event]) -> None:
+        counts: dict[str, int] = defaultdict(int)
+        newest = 0
+        for ev in events:
+            counts[ev.type] += 1
+            newest = max(newest, ev.ts)
+        for etype, n in counts.items():
+            metrics.EVENTS_PROCESSED.labels(type=etype).inc(n)
+        now = self._clock()
+        if newest and now >= newest:
+            metrics.FRESHNESS_SECONDS.labels(agent="ingest").observe((now - newest) / 1000)
 
 
 class EntityStage:
@@ -195,28 +233,31 @@ class EntityStage:
 
     def __init__(self, client: redis.Redis, settings: Settings, kind: Literal["item", "author"]) -> None:
         self._kind: Literal["item", "author"] = kind
-        self._writer = EntityStatsWriter(client, settings)
+        self._writer = EntityBatchWriter(client, settings)
 
     def process(self, records: Sequence[Record]) -> StageOutput:
         """Apply one batch of forwarded deliveries to this stage's entity statistics."""
         out = StageOutput()
-        deliveries: list[ForwardedDelivery] = []
+        deliveries: list[tuple[int, ForwardedDelivery]] = []
         for rec in records:
             try:
-                deliveries.extend(decode_forwarded_batch(rec.value or b""))
+                deliveries.extend((rec.partition, d) for d in decode_forwarded_batch(rec.value or b""))
             except EventValidationError as exc:
-                out.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail))
-                metrics.EVENTS_INVALID.labels(reason=exc.reason).inc()
+                _dead(out, DeadLetter(rec, exc.reason, exc.detail))
         if deliveries:
-            self._writer.write(self._kind, deliveries).record_guard_metrics()
+            started = time.perf_counter()
+            result = self._writer.write(self._kind, deliveries)
+            metrics.WRITE_SECONDS.labels(stage=self._kind).observe(time.perf_counter() - started)
+            result.record_metrics()
         return out
 
 
 class ItemMetaStage:
     """Stores item metadata (category, author, publish time) for enrichment; HSET is idempotent."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._redis = client
+        self._keys = KeyLayout(settings.redis.shards)
 
     def process(self, records: Sequence[Record]) -> StageOutput:
         """Validate and store one batch of item-metadata records."""
@@ -226,8 +267,7 @@ class ItemMetaStage:
             try:
                 item = decode_item(rec.value)
             except EventValidationError as exc:
-                out.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail))
-                metrics.EVENTS_INVALID.labels(reason=exc.reason).inc()
+                _dead(out, DeadLetter(rec, exc.reason, exc.detail))
                 continue
             fields: dict[Any, Any] = {
                 name: str(value)
@@ -237,6 +277,6 @@ class ItemMetaStage:
                 if value is not None
             }
             if fields:
-                pipe.hset(keys.item_meta(item.item_id), mapping=fields)
+                pipe.hset(self._keys.item_meta(item.item_id), mapping=fields)
         pipe.execute()
         return out

@@ -6,6 +6,14 @@ lands on the same partition as with aiokafka / Faust / the Java client (see
 ``tests/unit/test_partitioner.py``). Delivery failures are collected and raised as
 :class:`~infra.errors.KafkaError` by :meth:`EventProducer.flush` — never silently lost.
 
+Events are **batched** by default (``[producer]`` settings): :meth:`EventProducer.send` places each
+event on the murmur2 partition of its ``user_id`` and a :class:`PartitionBatcher` packs a partition's
+events into one record whose value is a JSON array (docs/events.md, "Batched records"). A partial batch
+goes out after ``producer.linger_ms``, checked on every ``send``/``poll``/``flush``: there is no
+background thread, so a producer that stops sending must call ``poll()`` or ``flush()`` (``close()`` and
+leaving the ``with`` block flush). ``producer.batch_max_events = 1`` sends one event per record, as
+before. Item metadata is never batched: the items topic is compacted by ``item_id``.
+
 Usage (needs a running broker; ``recstream infra up``)::
 
     from infra.settings import load_settings
@@ -28,6 +36,7 @@ Configuration overrides are librdkafka property names; since most contain dots, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -40,6 +49,7 @@ import confluent_kafka
 from filters.events import Event, ItemMeta, encode
 from infra.errors import InfraError, KafkaError
 from infra.settings import Settings, load_settings
+from stream.batching import BatchRecord, KeyPartitioner, PartitionBatcher
 
 __all__ = ["BASE_CONFIG", "DeliveryFailure", "EventProducer"]
 
@@ -57,6 +67,7 @@ BASE_CONFIG: dict[str, Any] = {
 _CALLBACK_OPTIONS = frozenset({"error_cb", "stats_cb", "throttle_cb", "oauth_cb", "logger", "on_delivery"})
 _MAX_KEPT_FAILURES = 20
 _POLL_EVERY = 1000  # serve delivery callbacks at least every N produce calls
+_UNASSIGNED = -1  # librdkafka's RD_KAFKA_PARTITION_UA: let the configured partitioner choose
 
 
 class _LogFilter(logging.Filter):
@@ -85,26 +96,38 @@ class _LogFilter(logging.Filter):
 class DeliveryFailure:
     """One message the broker did not accept (kept for the error message of :meth:`EventProducer.flush`).
 
+    ``events`` is set for a batched record: how many events it carried (all of them are lost).
+
     >>> str(DeliveryFailure("t", b"u1", "Broker: Message size too large"))
     "t key=b'u1': Broker: Message size too large"
+    >>> str(DeliveryFailure("t", b"u1", "Local: Message timed out", events=37))
+    "t key=b'u1' (batched record of 37 events): Local: Message timed out"
     """
 
-    __slots__ = ("key", "reason", "topic")
+    __slots__ = ("events", "key", "reason", "topic")
 
-    def __init__(self, topic: str, key: bytes | None, reason: str) -> None:
+    def __init__(self, topic: str, key: bytes | None, reason: str, events: int | None = None) -> None:
         self.topic = topic
         self.key = key
         self.reason = reason
+        self.events = events
 
     def __str__(self) -> str:
-        return f"{self.topic} key={self.key!r}: {self.reason}"
+        batch = "" if self.events is None else f" (batched record of {self.events} events)"
+        return f"{self.topic} key={self.key!r}{batch}: {self.reason}"
 
 
 class EventProducer:
     """Send events, item metadata or raw bytes to Kafka; use as a context manager (flushes on exit).
 
+    Counters: ``produced`` / ``delivered`` count events (items and raw messages count one each) handed
+    to librdkafka / acknowledged by the broker; ``records`` counts the Kafka records produced. Events
+    still in partial batches are not "produced" yet. With batching on, use the producer from one
+    thread at a time.
+
     Args:
-        settings: recstream settings (topics, bootstrap); ``None`` = :func:`load_settings`.
+        settings: recstream settings (topics, bootstrap, ``[producer]`` batching); ``None`` =
+            :func:`load_settings`.
         **overrides: librdkafka properties applied on top of :data:`BASE_CONFIG`.
     """
 
@@ -118,7 +141,14 @@ class EventProducer:
         self._fatal: str | None = None
         self.delivered = 0
         self.produced = 0
+        self.records = 0
         self._since_poll = 0
+        self._failed_events = 0  # events inside failed batched records
+        ps = self.settings.producer
+        self._batcher = (PartitionBatcher(ps.batch_max_events, ps.batch_max_bytes, ps.linger_ms)
+                         if ps.batch_max_events > 1 else None)
+        self._partitions: int | None = None  # of the events topic, from broker metadata
+        self._placement: KeyPartitioner | None = None
         self._log_filter = _LogFilter()
         if self.config.get("logger") is log:  # a private logger per producer, so the filter is ours
             self.config["logger"] = logging.getLogger(f"{log.name}.{id(self):x}")
@@ -142,8 +172,24 @@ class EventProducer:
 
     # -- sending --------------------------------------------------------------------------------------
     def send(self, event: Event) -> None:
-        """Queue one event on the events topic, keyed by ``user_id``."""
-        self._produce(self.settings.kafka.events_topic, event.user_id.encode(), encode(event))
+        """Queue one event on the events topic, on the murmur2 partition of its ``user_id``.
+
+        Batching (the default) buffers it for that partition; a record goes out when its batch is
+        full or lingered (see the module docstring). With ``batch_max_events = 1`` the event is its
+        own record, keyed by ``user_id``. Raises :class:`KafkaError` only when the producer is
+        unusable; every other failure is raised by :meth:`flush`.
+        """
+        if self._batcher is None:
+            self._produce(self.settings.kafka.events_topic, event.user_id.encode(), encode(event))
+            return
+        if self._fatal is not None:
+            msg = f"producer is unusable: {self._fatal}"
+            raise KafkaError(msg)
+        if self._placement is None:
+            self._placement = KeyPartitioner(self._events_partitions())
+        ready = self._batcher.add(self._placement(event.user_id), event.user_id.encode(), encode(event))
+        if ready:
+            self._send_records(ready)
 
     def send_item(self, meta: ItemMeta) -> None:
         """Queue one item-metadata record on the items topic, keyed by ``item_id``."""
@@ -156,23 +202,71 @@ class EventProducer:
         value: bytes | str | None,
         headers: dict[str, bytes | str] | None = None,
     ) -> None:
-        """Queue arbitrary bytes, unvalidated (tests, dead-letter drills)."""
+        """Queue arbitrary bytes, unvalidated (tests, dead-letter drills).
+
+        On the events topic the partial batches go out first, so the raw record keeps its place.
+        """
+        if self._batcher is not None and topic == self.settings.kafka.events_topic:
+            self._send_records(self._batcher.drain())
         if isinstance(key, str):
             key = key.encode()
         if isinstance(value, str):
             value = value.encode()
         self._produce(topic, key, value, headers)
 
+    def _send_records(self, records: list[BatchRecord]) -> None:
+        """Produce batched records; one that librdkafka refuses is kept as a failure for :meth:`flush`."""
+        topic = self.settings.kafka.events_topic
+        for rec in records:
+            try:
+                self._produce(topic, rec.key, rec.value, partition=rec.partition, events=rec.events)
+            except KafkaError as exc:
+                self._record_failure(DeliveryFailure(topic, rec.key, str(exc), rec.events), fatal=None)
+
+    def _events_partitions(self) -> int:
+        """The events topic's partition count: broker metadata once, else ``kafka.partitions``."""
+        if self._partitions is None:
+            topic, fallback = self.settings.kafka.events_topic, self.settings.kafka.partitions
+            deadline = time.monotonic() + 5.0
+            reason = "no metadata"
+            while self._partitions is None and time.monotonic() < deadline:
+                try:
+                    tmd = self._producer.list_topics(topic, timeout=5.0).topics.get(topic)
+                except confluent_kafka.KafkaException as exc:
+                    reason = exc.args[0].str() if exc.args else str(exc)
+                    break
+                if tmd is not None and tmd.error is None and tmd.partitions:
+                    self._partitions = len(tmd.partitions)
+                    break
+                if tmd is not None and tmd.error is not None:
+                    reason = tmd.error.str()
+                    if (tmd.error.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART
+                            and not self.config.get("allow.auto.create.topics")):
+                        break  # missing for good: the deliveries will fail and flush() says so
+                time.sleep(0.1)  # e.g. no leader yet right after the topic was created
+            if self._partitions is None:
+                log.warning("partition count of %s unknown (%s); batches are placed by kafka.partitions=%d",
+                            topic, reason, fallback)
+                self._partitions = fallback
+        return self._partitions
+
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: dict[str, Any] | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: dict[str, Any] | None = None,
+        partition: int = _UNASSIGNED,
+        events: int | None = None,
     ) -> None:
         if self._fatal is not None:
             msg = f"producer is unusable: {self._fatal}"
             raise KafkaError(msg)
+        on_delivery = self._on_delivery if events is None else functools.partial(self._on_delivery, events=events)
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       on_delivery=self._on_delivery)
+                self._producer.produce(topic, value=value, key=key, headers=headers, partition=partition,
+                                       on_delivery=on_delivery)
                 break
             except BufferError:
                 # Local queue full: serve delivery reports until there is room, then retry.
@@ -180,41 +274,61 @@ class EventProducer:
             except confluent_kafka.KafkaException as exc:
                 msg = f"cannot produce to {topic}: {exc.args[0].str() if exc.args else exc}"
                 raise KafkaError(msg) from None
-        self.produced += 1
+        self.produced += 1 if events is None else events
+        self.records += 1
         self._since_poll += 1
-        if self._since_poll >= _POLL_EVERY:
-            self.poll()
+        if self._since_poll >= _POLL_EVERY:  # delivery reports only: batches are swept by send/poll
+            self._since_poll = 0
+            self._producer.poll(0)
 
     def poll(self, timeout: float = 0.0) -> int:
-        """Serve queued delivery reports; returns how many were served."""
+        """Send lingered partial batches, serve queued delivery reports; returns how many were served.
+
+        A producer that stops sending should call this (or :meth:`flush`) so its last batches go out.
+        """
         self._since_poll = 0
+        if self._batcher is not None:
+            ready = self._batcher.due()
+            if ready:
+                self._send_records(ready)
         return int(self._producer.poll(timeout))
 
-    def _on_delivery(self, err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
+    def _on_delivery(
+        self, err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message, events: int | None = None
+    ) -> None:
         if err is None:
-            self.delivered += 1
+            self.delivered += 1 if events is None else events
             return
+        self._record_failure(DeliveryFailure(msg.topic() or "?", msg.key(), err.str(), events),
+                             fatal=err.str() if err.fatal() else None)
+
+    def _record_failure(self, failure: DeliveryFailure, fatal: str | None) -> None:
         with self._lock:
             self._failed += 1
+            self._failed_events += failure.events or 0
             if len(self._failures) < _MAX_KEPT_FAILURES:
-                self._failures.append(DeliveryFailure(msg.topic() or "?", msg.key(), err.str()))
-            if err.fatal():
-                self._fatal = err.str()
+                self._failures.append(failure)
+            if fatal is not None:
+                self._fatal = fatal
 
     # -- completion -----------------------------------------------------------------------------------
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every queued message is delivered; raise :class:`KafkaError` for any failure.
+        """Send every partial batch, wait until every queued message is delivered; raise
+        :class:`KafkaError` for any failure (a failed batched record says how many events it carried).
 
         Failures are reported once: a second ``flush`` after a raised error starts clean.
         """
+        if self._batcher is not None:
+            self._send_records(self._batcher.drain())
         remaining = int(self._producer.flush(timeout))
         with self._lock:
-            failed, failures = self._failed, self._failures
-            self._failed, self._failures = 0, []
+            failed, failures, lost = self._failed, self._failures, self._failed_events
+            self._failed, self._failures, self._failed_events = 0, [], 0
         problems: list[str] = []
         if failed:
             shown = "; ".join(str(f) for f in failures[:3])
-            problems.append(f"{failed} message(s) failed delivery (first: {shown})")
+            carried = f", {lost} event(s) in batched records" if lost else ""
+            problems.append(f"{failed} message(s) failed delivery{carried} (first: {shown})")
         if remaining:
             problems.append(f"{remaining} message(s) still undelivered after {timeout:g}s "
                             f"(bootstrap {self.bootstrap})")
@@ -223,8 +337,9 @@ class EventProducer:
 
     @property
     def pending(self) -> int:
-        """Messages queued locally or in flight."""
-        return len(self._producer)
+        """Records queued locally or in flight, plus events still waiting in partial batches."""
+        buffered = self._batcher.pending_events if self._batcher is not None else 0
+        return len(self._producer) + buffered
 
     def check_connection(self, timeout: float = 5.0, topics: tuple[str, ...] | None = None) -> None:
         """Fail fast: a short metadata request, then check that the topics exist.
@@ -243,6 +358,9 @@ class EventProducer:
             msg = (f"cannot reach Kafka at {self.bootstrap} ({reason}, after "
                    f"{time.monotonic() - start:.1f}s); is the broker running? (recstream infra up)")
             raise InfraError(msg) from None
+        events_md = md.topics.get(self.settings.kafka.events_topic)
+        if self._partitions is None and events_md is not None and events_md.error is None and events_md.partitions:
+            self._partitions = len(events_md.partitions)  # saves send() its own metadata request
         wanted = topics if topics is not None else (self.settings.kafka.events_topic,
                                                      self.settings.kafka.items_topic)
         missing = [t for t in wanted if t not in md.topics or md.topics[t].error is not None]

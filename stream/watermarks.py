@@ -3,25 +3,27 @@
 The watermark of a partition is the newest event ts seen in it minus the allowed lateness. An event is
 *late* for statistics when its ts is below the watermark in force just before it. Because the newest ts
 is a function of the partition's prefix, and it is persisted (with the offset it was reached at) only
-after every write of a batch succeeded, a restarted worker resumes with exactly the clock it had (see
-docs/architecture.md).
+after every write of a batch succeeded and its forwards were delivered, a restarted worker resumes with
+exactly the clock it had, and an event at or before the clock's position is one whose features and
+forwards are already applied and delivered (see docs/architecture.md: Redis → forwards → watermark →
+offsets).
 
 >>> clock = PartitionClock(lateness_ms=1000)
->>> [clock.observe(ts) for ts in (5000, 4500, 3999, 6000, 4999)]
+>>> [clock.observe(ts, offset) for offset, ts in enumerate((5000, 4500, 3999, 6000, 4999))]
 [False, False, True, False, True]
->>> clock.max_ts, clock.watermark
-(6000, 5000)
+>>> clock.max_ts, clock.watermark, clock.covers(4, 0), clock.covers(5, 0)
+(6000, 5000, True, False)
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
 
 from infra import keys, metrics
+from infra.clock import Clock, now_ms
 
 NO_TS = -1
 
@@ -33,19 +35,24 @@ class PartitionClock:
     lateness_ms: int
     max_ts: int = NO_TS
     offset: int = -1
+    index: int = -1
 
     @property
     def watermark(self) -> int:
         """Events with ts below this are late; ``NO_TS`` before the first event."""
         return NO_TS if self.max_ts == NO_TS else self.max_ts - self.lateness_ms
 
-    def observe(self, ts: int, offset: int | None = None) -> bool:
-        """Advance the clock with one event; True when the event is late (ts below the prior watermark)."""
+    def covers(self, offset: int, index: int) -> bool:
+        """True when the source position ``(offset, index)`` is already inside this clock."""
+        return (offset, index) <= (self.offset, self.index)
+
+    def observe(self, ts: int, offset: int, index: int = 0) -> bool:
+        """Advance the clock with the event at ``(offset, index)``; True when the event is late (ts below
+        the prior watermark). Positions arrive in order; one the clock :meth:`covers` must not be observed."""
         late = self.max_ts != NO_TS and ts < self.max_ts - self.lateness_ms
         if ts > self.max_ts:
             self.max_ts = ts
-        if offset is not None and offset > self.offset:
-            self.offset = offset
+        self.offset, self.index = offset, index
         return late
 
 
@@ -56,8 +63,11 @@ class WatermarkStore:
     to another worker and back is never processed with a stale clock.
     """
 
-    def __init__(self, client: redis.Redis, group: str, topic: str, lateness_ms: int) -> None:
+    def __init__(
+        self, client: redis.Redis, group: str, topic: str, lateness_ms: int, clock: Clock = now_ms
+    ) -> None:
         self._redis = client
+        self._clock = clock
         self._group = group
         self._topic = topic
         self._lateness_ms = lateness_ms
@@ -67,24 +77,25 @@ class WatermarkStore:
         wanted = sorted(set(partitions))
         pipe = self._redis.pipeline(transaction=False)
         for p in wanted:
-            pipe.hmget(keys.watermark(self._group, self._topic, p), "max_ts", "offset")
+            pipe.hmget(keys.watermark(self._group, self._topic, p), "max_ts", "offset", "index")
         clocks = {}
-        for p, (max_ts, offset) in zip(wanted, pipe.execute(), strict=True):
+        for p, (max_ts, offset, index) in zip(wanted, pipe.execute(), strict=True):
             clocks[p] = PartitionClock(
                 self._lateness_ms,
                 NO_TS if max_ts is None else int(max_ts),
                 -1 if offset is None else int(offset),
+                -1 if index is None else int(index),
             )
         return clocks
 
     def save(self, clocks: dict[int, PartitionClock]) -> None:
-        """Persist clocks; call only after all of the batch's feature writes succeeded."""
+        """Persist clocks; call only after the batch's feature writes succeeded and its forwards were delivered."""
         pipe = self._redis.pipeline(transaction=False)
-        now_s = time.time()
+        now_s = self._clock() / 1000
         for p, clock in clocks.items():
             pipe.hset(
                 keys.watermark(self._group, self._topic, p),
-                mapping={"max_ts": clock.max_ts, "offset": clock.offset},
+                mapping={"max_ts": clock.max_ts, "offset": clock.offset, "index": clock.index},
             )
             if clock.max_ts != NO_TS:
                 metrics.EVENT_TIME_LAG.labels(topic=self._topic, partition=str(p)).set(

@@ -1,5 +1,5 @@
--- tiles_lib.lua: the ARGV reader and the tile-ring code shared by user_state.lua and entity_stats.lua.
--- stream.writers._Script prepends this file to each of them (Redis scripts cannot import).
+-- tiles_lib.lua: the ARGV reader and the tile-ring code shared by user_batch.lua and entity_batch.lua.
+-- infra.lua.Script prepends this file to each of them (Redis scripts cannot import).
 --
 -- A layout is { fp = fingerprint, nbytes = blob size, rings = { {tile, slots, word}... }, ttl = ms }.
 
@@ -34,6 +34,7 @@ local function tile_apply(layout, key, agg)
     local ring = layout.rings[r]
     for slot, cell in pairs(byslot) do
       cell.bit = (ring.word + slot * 7) * 32
+      cell.coarse = (r == #layout.rings)
       cells[#cells + 1] = cell
       get[#get + 1] = 'GET'; get[#get + 1] = 'u32'; get[#get + 1] = cell.bit
     end
@@ -50,8 +51,10 @@ local function tile_apply(layout, key, agg)
     redis.call('SETRANGE', key, layout.nbytes - 1, '\0')
     op('SET', 0, layout.fp)
   end
+  local renew = false
   for i, cell in ipairs(cells) do
     local epoch = fresh and 0 or cur[i + 1]
+    if cell.coarse and epoch < cell.tile + 1 then renew = true end
     if epoch == cell.tile + 1 then
       for k = 1, 6 do
         if cell.c[k] > 0 then op('INCRBY', cell.bit + 32 * k, cell.c[k]) end
@@ -62,5 +65,7 @@ local function tile_apply(layout, key, agg)
     end
   end
   if #ops > 2 then redis.call('BITFIELD', key, unpack(ops)) end
-  if layout.ttl > 0 then redis.call('PEXPIRE', key, layout.ttl) end
+  -- the wall-clock safety TTL (longer than the longest window) is renewed when the blob is created and
+  -- whenever a cell of the coarsest ring starts a new tile: at most once per coarse tile, not per write
+  if layout.ttl > 0 and (fresh or renew) then redis.call('PEXPIRE', key, layout.ttl) end
 end

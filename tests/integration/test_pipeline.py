@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from filters.events import ACTIONS, Event, ItemMeta
+from filters.events import ACTIONS, Event, ItemMeta, decode_record, encode
 from infra.settings import Settings
 from serving.client import FeatureClient
 from stream.deliveries import decode_forwarded_batch
@@ -62,14 +62,36 @@ def to_event(ev: Ev, rng: random.Random) -> Event:
                  ts=ev.ts, category=ev.category if keep else None, author_id=ev.author_id if keep else None)
 
 
+def single_event_records(settings: Settings) -> Settings:
+    """The same settings with a producer that sends one event per record (the format of other producers)."""
+    return settings.model_copy(update={"producer": settings.producer.model_copy(update={"batch_max_events": 1})})
+
+
 def produce(settings: Settings, events: list[Ev], meta: dict[str, ItemMeta] | None = None) -> None:
+    """A batching producer and a single-event one, interleaved at random on the same topic."""
     rng = random.Random(7)
-    with EventProducer(settings) as producer:
+    with EventProducer(settings) as batched, EventProducer(single_event_records(settings)) as single:
         for m in (meta or {}).values():
-            producer.send_item(m)
+            batched.send_item(m)
         for ev in events:
-            producer.send(to_event(ev, rng))
-        producer.flush(30)
+            (batched if rng.random() < 0.7 else single).send(to_event(ev, rng))
+            if rng.random() < 0.01:
+                batched.flush(30)
+        batched.flush(30)
+        single.flush(30)
+
+
+def topic_order(settings: Settings, events: list[Ev]) -> list[Ev]:
+    """``events`` in the order the worker sees them: per partition, by (offset, index in the record).
+
+    Two producers interleave on the topic, so only the topic itself knows the order of a user's events
+    (the reference needs it for late flags and for which delivery of a duplicate is the first)."""
+    by_id = {ev.event_id: ev for ev in events}
+    records = _drain(settings, settings.kafka.events_topic, None)
+    ordered = sorted(records, key=lambda m: (m.partition(), m.offset()))
+    out = [by_id[ev.event_id] for m in ordered for _, ev in decode_record(m.value()).events]
+    assert sorted(e.event_id for e in out) == sorted(e.event_id for e in events)
+    return out
 
 
 @pytest.fixture
@@ -134,6 +156,7 @@ def test_features_equal_reference_after_crash_and_rewind(pipeline: Settings) -> 
         worker.crash()  # SIGKILL mid-stream: batches applied in Redis but not committed get replayed
     with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
         probe.wait_until_caught_up(180)
+    events = topic_order(settings, events)
     assert_features_match(settings, events)
 
     # rewind the consumer group of every source topic to the start and process everything again
@@ -145,6 +168,32 @@ def test_features_equal_reference_after_crash_and_rewind(pipeline: Settings) -> 
     with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
         probe.wait_until_caught_up(180)
     assert_features_match(settings, events)
+
+
+def test_batched_record_dead_letters_its_bad_events_alone(pipeline: Settings) -> None:
+    settings = pipeline
+    parts = settings.kafka.partitions
+    stranger = next(f"x{k}" for k in range(100) if reference.partition_of(f"x{k}", parts)
+                    != reference.partition_of("u1", parts))
+    good = [encode(Event(event_id=f"g{k}", type="click", user_id="u1", item_id=f"i{k}", ts=AT - 1000 + k))
+            for k in range(3)]
+    bad_type = b'{"event_id":"b1","type":"buy","user_id":"u1","item_id":"i9","ts":1}'
+    elsewhere = encode(Event(event_id="w1", type="click", user_id=stranger, item_id="i8", ts=AT - 5))
+    batch = b"[" + b",".join([good[0], bad_type, good[1], elsewhere, good[2]]) + b"]"
+    with EventProducer(single_event_records(settings)) as producer:
+        producer.send_raw(settings.kafka.events_topic, b"u1", batch)
+        producer.send_raw(settings.kafka.events_topic, b"u1", b'[{"event_id": "cut')
+        producer.flush(30)
+    with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
+        LagProbe(settings).wait_until_caught_up(120)
+    client = FeatureClient(settings.redis.effective_url, settings=settings)
+    assert [e.event_id for e in client.last_n("u1", "click")] == ["g2", "g1", "g0"]
+    assert client.last_n(stranger, "click") == []
+    dead = _drain(settings, settings.kafka.dlq_topic, 3)
+    found = {(h.get("reason"), h.get("batch_index"), m.value())
+             for m in dead for h in [{k: v.decode() for k, v in m.headers()}]}
+    assert found == {("invalid_field", "1", bad_type), ("wrong_partition", "3", elsewhere),
+                     ("invalid_json", None, b'[{"event_id": "cut')}
 
 
 def test_invalid_message_goes_to_dlq_and_valid_ones_flow(pipeline: Settings) -> None:
@@ -179,16 +228,20 @@ def test_invalid_message_goes_to_dlq_and_valid_ones_flow(pipeline: Settings) -> 
     assert {h["source_offset"] for h in headers} == {"0", "1"}
 
 
-def _drain(settings: Settings, topic: str, expect: int) -> list[Message]:
+def _drain(settings: Settings, topic: str, expect: int | None) -> list[Message]:
+    """``expect`` messages of ``topic`` (None: every message up to the end offsets)."""
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})
+                         "auto.offset.reset": "earliest", "enable.partition.eof": expect is None})
     consumer.subscribe([topic])
     out: list[Message] = []
-    for _ in range(120):
+    at_end: set[int] = set()
+    for _ in range(240):
         msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
+        if msg is not None and msg.error() is None:
             out.append(msg)
-        if len(out) == expect:
+        elif msg is not None and msg.error().code() == KafkaError._PARTITION_EOF:
+            at_end.add(msg.partition())
+        if len(out) == expect or (expect is None and len(at_end) == settings.kafka.partitions):
             break
     consumer.close()
     return out
@@ -209,7 +262,8 @@ def test_producer_and_faust_agree_on_partitions(pipeline: Settings) -> None:
     worker's repartition messages only hold items that belong to the partition they are on."""
     settings = pipeline
     keys = [f"key-{k}" for k in range(64)]
-    with EventProducer(settings) as producer:
+    single = settings.model_copy(update={"producer": settings.producer.model_copy(update={"batch_max_events": 1})})
+    with EventProducer(single) as producer:  # one record per event: each record's key is its user
         for k, key in enumerate(keys):  # user_id = key; the worker forwards each by item_id = key too
             producer.send(Event(event_id=f"e{k}", type="impression", user_id=key, item_id=key, ts=AT))
         producer.flush(30)

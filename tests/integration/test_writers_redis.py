@@ -1,7 +1,7 @@
 """Feature writers and readers against the real Redis: reference streams, replays, duplicates.
 
 A simulated worker pushes seeded random streams (out of order, late, duplicated, replayed after
-"crashes") through UserStateWriter -> forwards -> EntityStatsWriter; the served sequences and counts
+"crashes") through UserBatchWriter -> forwards -> EntityBatchWriter; the served sequences and counts
 must equal a brute-force reference computed from the raw deliveries.
 """
 
@@ -19,12 +19,12 @@ import redis
 from filters.events import EVENT_TYPES, Event
 from filters.sequences import Entry, last_n, merge, sequence_capacities
 from filters.tiles import TileLayout, apply_events, empty_words, encode_words
-from infra import keys
+from infra.keys import ENTITY_KINDS, KeyLayout
 from infra.settings import Settings
 from serving.sequences import SequenceReader
 from serving.stats import StatsReader
 from stream.deliveries import Delivery, ForwardedDelivery
-from stream.writers import EntityStatsWriter, UserStateWriter
+from stream.writers import EntityBatchWriter, UserBatchWriter
 
 pytestmark = pytest.mark.integration
 M, H, D = 60_000, 3_600_000, 86_400_000
@@ -37,6 +37,48 @@ def settings(redis_service: object) -> Settings:
     base: Settings = redis_service.settings  # type: ignore[attr-defined]
     return base.model_copy(update={"lastn": base.lastn.model_copy(update={
         "capacity": {"click": 7, "like": 3, "collect": 4, "share": 2, "comment": 5}, "impressions": 6})})
+
+
+@dataclass
+class Written:
+    """One partition's batch through :class:`UserBatchWriter` and what the writer said of each delivery."""
+
+    partition: int
+    deliveries: list[Delivery]
+    statuses: list[str]
+
+    def n(self, codes: str, late: bool | None = None) -> int:
+        return sum(st in codes and (late is None or d.stats_late == late)
+                   for d, st in zip(self.deliveries, self.statuses, strict=True))
+
+    @property
+    def applied(self) -> int:
+        return self.n("A")
+
+    @property
+    def replayed(self) -> int:
+        return self.n("Rr")
+
+    @property
+    def duplicates(self) -> int:
+        return self.n("D")
+
+    @property
+    def late(self) -> int:
+        return self.n("A", late=True)
+
+    @property
+    def first(self) -> list[bool]:
+        return [st in "AR" for st in self.statuses]
+
+    def forwards(self, via: int = 0) -> list[tuple[int, ForwardedDelivery]]:
+        """The first deliveries as the entity stage gets them, all through repartition partition ``via``."""
+        return [(via, d.forwarded(self.partition)) for d, f in zip(self.deliveries, self.first, strict=True) if f]
+
+
+def write(users: UserBatchWriter, p: int, deliveries: list[Delivery]) -> Written:
+    res = users.write({p: deliveries}, {p: T0 - 40 * D})
+    return Written(p, list(deliveries), res.statuses[p])
 
 
 @pytest.fixture
@@ -102,10 +144,10 @@ class World:
                     w.categories.add((ev.user_id, d.category))
         return w
 
-    def run(self, users: UserStateWriter, entities: EntityStatsWriter, rng: random.Random) -> None:
+    def run(self, users: UserBatchWriter, entities: EntityBatchWriter, rng: random.Random) -> None:
         """Batches per partition with crash-replays (a batch restarting before the last one's end);
         forwards go to the entity stage in random-size groups, in source order per partition."""
-        pending: list[ForwardedDelivery] = []
+        pending: list[tuple[int, ForwardedDelivery]] = []
         cursors = dict.fromkeys(self.parts, 0)
         while any(cursors[p] < len(self.parts[p]) for p in cursors):
             p = rng.choice([p for p in cursors if cursors[p] < len(self.parts[p])])
@@ -113,11 +155,10 @@ class World:
             if start and rng.random() < 0.2:
                 start = max(0, start - rng.randrange(1, 30))  # crash: redeliver an overlapping prefix
             end = min(len(self.parts[p]), cursors[p] + rng.randrange(1, 60))
-            result = users.write(p, self.parts[p][start:end])
+            result = write(users, p, self.parts[p][start:end])
             cursors[p] = end
             for name in ("applied", "replayed", "duplicates", "late"):
                 self.totals[name] += getattr(result, name)
-            self.totals["late_inserted"] += sum(result.late_inserted.values())
             pending += result.forwards()
             if rng.random() < 0.5:
                 entities.write("item", pending)
@@ -156,7 +197,7 @@ def reference_sequences(world: World, settings: Settings) -> dict[tuple[str, str
 def test_reference_stream(r: redis.Redis, settings: Settings, seed: int) -> None:
     world = World.make(seed)
     rng = random.Random(seed)
-    world.run(UserStateWriter(r, settings), EntityStatsWriter(r, settings), rng)
+    world.run(UserBatchWriter(r, settings), EntityBatchWriter(r, settings), rng)
     # redeliveries beyond the dedup horizon whose entry left the sequence count as applied again
     # (they are older than the watermark, so no statistic moves, and they are trimmed again)
     assert len(world.first) <= world.totals["applied"] <= len(world.first) + world.totals["late"]
@@ -179,7 +220,7 @@ def test_reference_stream(r: redis.Redis, settings: Settings, seed: int) -> None
     stats = StatsReader(r, settings)
     layout = TileLayout.from_settings(settings.stats)
     counted = world.counted()
-    entities: dict[str, dict[object, list[Delivery]]] = {k: defaultdict(list) for k in keys.ENTITY_KINDS}
+    entities: dict[str, dict[object, list[Delivery]]] = {k: defaultdict(list) for k in ENTITY_KINDS}
     for d in counted:
         entities["user"][d.event.user_id].append(d)
         entities["item"][d.event.item_id].append(d)
@@ -207,12 +248,12 @@ def test_reference_stream(r: redis.Redis, settings: Settings, seed: int) -> None
 
 def test_replaying_everything_changes_nothing(r: redis.Redis, settings: Settings) -> None:
     world = World.make(11, n=300)
-    users, ents = UserStateWriter(r, settings), EntityStatsWriter(r, settings)
+    users, ents = UserBatchWriter(r, settings), EntityBatchWriter(r, settings)
     world.run(users, ents, random.Random(5))
     before = snapshot(r)
     for p, deliveries in world.parts.items():
         for k in range(0, len(deliveries), 37):  # different batch boundaries than the first run
-            res = users.write(p, deliveries[k : k + 37])
+            res = write(users, p, deliveries[k : k + 37])
             assert res.applied == res.duplicates == 0 and res.replayed == len(deliveries[k : k + 37])
             assert ents.write("item", res.forwards()).applied == 0
             assert ents.write("author", res.forwards()).applied == 0
@@ -222,11 +263,11 @@ def test_replaying_everything_changes_nothing(r: redis.Redis, settings: Settings
 def test_duplicates_with_different_offsets_count_once(r: redis.Redis, settings: Settings) -> None:
     ev = Event(event_id="dup", type="like", user_id="u9", item_id="i1", ts=T0 - 10 * M)
     other = Event(event_id="x", type="like", user_id="u9", item_id="i2", ts=T0 - 5 * M)
-    users, ents = UserStateWriter(r, settings), EntityStatsWriter(r, settings)
-    first = users.write(0, [Delivery(3, ev, category="food", author_id="a1"), Delivery(4, other),
-                            Delivery(5, ev, category="food", author_id="a1")])
+    users, ents = UserBatchWriter(r, settings), EntityBatchWriter(r, settings)
+    first = write(users, 0, [Delivery(3, ev, category="food", author_id="a1"), Delivery(4, other),
+                             Delivery(5, ev, category="food", author_id="a1")])
     assert first.first == [True, True, False] and first.duplicates == 1 and first.applied == 2
-    again = users.write(0, [Delivery(5, ev), Delivery(9, ev, category="food", author_id="a1")])
+    again = write(users, 0, [Delivery(5, ev), Delivery(9, ev, category="food", author_id="a1")])
     assert again.first == [False, False] and again.replayed == 1 and again.duplicates == 1
     ents.write("item", first.forwards() + again.forwards())
     ents.write("author", first.forwards() + again.forwards())
@@ -241,14 +282,14 @@ def test_duplicates_with_different_offsets_count_once(r: redis.Redis, settings: 
 def test_lua_sequences_match_the_pure_model(r: redis.Redis, settings: Settings) -> None:
     """Random batches (late, duplicate, tied timestamps) through the script vs filters.sequences.merge."""
     rng = random.Random(42)
-    users = UserStateWriter(r, settings, record_metrics=False)
+    users = UserBatchWriter(r, settings)
+    offset = 0  # one partition: offsets grow across users (the guard is per shard and partition)
     for trial in range(25):
         user, cap = f"m{trial}", settings.lastn.capacity["click"]
         pool = [Event(event_id=f"e{rng.randrange(10**6)}", type="click", user_id=user, item_id=f"i{k}",
                       ts=T0 + rng.randrange(40) * 1000) for k in range(rng.randrange(1, 40))]
         model: list[Entry] = []
         ever: set[str] = set()
-        offset = 0
         for _ in range(rng.randrange(1, 8)):
             batch = [Delivery(offset + k, rng.choice(pool), category=rng.choice(["c", None]))
                      for k in range(rng.randrange(1, 12))]
@@ -257,20 +298,21 @@ def test_lua_sequences_match_the_pure_model(r: redis.Redis, settings: Settings) 
                      if d.event.event_id not in ever]
             ever |= {d.event.event_id for d in batch}
             expected = merge(model, fresh, cap)
+            trimmed = len(model) + expected.appended - len(expected.entries)
             model = expected.entries
-            res = users.write(0, batch)
+            res = users.write({0: batch}, {0: T0})
             served = SequenceReader(r, settings).last_n(user, "click", n=cap + 5)
             assert served == last_n(model, cap + 5)
             assert res.appended.get("click", 0) == expected.appended
-            assert res.late_inserted.get("click", 0) == expected.late_inserted
-            assert res.lengths.get("click", [len(model)])[-1] == len(model)
+            assert res.trimmed.get("click", 0) == trimmed
 
 
 def test_lua_tiles_match_the_pure_model(r: redis.Redis, settings: Settings) -> None:
     """The blob written by the script is byte-identical to filters.tiles.apply_events."""
     rng = random.Random(9)
     layout = TileLayout.from_settings(settings.stats)
-    ents = EntityStatsWriter(r, settings, record_metrics=False)
+    ents = EntityBatchWriter(r, settings)
+    keys = KeyLayout(settings.redis.shards)
     words = empty_words(layout)
     offset = 0
     for _ in range(30):
@@ -278,31 +320,33 @@ def test_lua_tiles_match_the_pure_model(r: redis.Redis, settings: Settings) -> N
         for _ in range(rng.randrange(1, 40)):
             ev = Event(event_id=f"e{offset}", type=rng.choice(EVENT_TYPES), user_id="u", item_id="it",
                        ts=T0 + rng.randrange(-45 * D, 2 * D))
-            batch.append(ForwardedDelivery(rng.randrange(3), offset, ev, rng.random() < 0.1))
+            batch.append((0, ForwardedDelivery(rng.randrange(3), offset, 0, ev, rng.random() < 0.1)))
             offset += 1
         ents.write("item", batch)
-        apply_events(words, layout, [(d.event.ts, TYPE[d.event.type]) for d in batch if not d.stats_late])
+        apply_events(words, layout, [(d.event.ts, TYPE[d.event.type]) for _, d in batch if not d.stats_late])
         assert r.get(keys.stats("item", "it")) == encode_words(words)
 
 
 def test_foreign_blob_is_reset_and_noscript_is_recovered(r: redis.Redis, settings: Settings) -> None:
+    keys = KeyLayout(settings.redis.shards)
     r.set(keys.stats("item", "i1"), b"\xff" * 100)
     r.script_flush()
-    ents = EntityStatsWriter(r, settings)
+    ents = EntityBatchWriter(r, settings)
     ev = Event(event_id="e", type="click", user_id="u", item_id="i1", ts=T0 - 1)
-    assert ents.write("item", [ForwardedDelivery(0, 0, ev)]).applied == 1
+    assert ents.write("item", [(0, ForwardedDelivery(0, 0, 0, ev))]).applied == 1
     counts = StatsReader(r, settings).stats("item", "i1", at=T0)
     assert {w: c["click"] for w, c in counts.items()} == {"1h": 1.0, "1d": 1.0, "7d": 1.0, "30d": 1.0}
     assert r.strlen(keys.stats("item", "i1")) == TileLayout.from_settings(settings.stats).nbytes
 
 
 def test_duplicate_beyond_dedup_horizon_never_doubles_an_entry(r: redis.Redis, settings: Settings) -> None:
-    users = UserStateWriter(r, settings)
+    users = UserBatchWriter(r, settings)
+    keys = KeyLayout(settings.redis.shards)
     old = Event(event_id="old", type="share", user_id="u", item_id="i", ts=T0)
     new = Event(event_id="new", type="share", user_id="u", item_id="j", ts=T0 + 3 * D)
-    users.write(0, [Delivery(0, old), Delivery(1, new)])  # "old" leaves the dedup set (horizon 1 day)
-    assert r.hget(keys.dedup(keys.entity_tag("user", "u")), "old") is None
-    res = users.write(0, [Delivery(2, old, stats_late=True)])
+    write(users, 0, [Delivery(0, old), Delivery(1, new)])  # "old" leaves the dedup set (horizon 1 day)
+    assert r.hget(keys.dedup(keys.shard("user", "u"), 0), "old") is None
+    res = write(users, 0, [Delivery(2, old, stats_late=True)])
     assert res.duplicates == 1
     assert [e.event_id for e in SequenceReader(r, settings).last_n("u", "share")] == ["new", "old"]
 
@@ -321,7 +365,47 @@ def test_stats_multi_shapes_and_missing(r: redis.Redis, settings: Settings) -> N
 
 def test_text_clients_are_refused(redis_service: object, settings: Settings) -> None:
     text = redis.Redis.from_url(redis_service.redis_url, decode_responses=True)  # type: ignore[attr-defined]
-    for cls in (UserStateWriter, EntityStatsWriter, SequenceReader, StatsReader):
+    for cls in (UserBatchWriter, EntityBatchWriter, SequenceReader, StatsReader):
         with pytest.raises(ValueError, match="decode_responses"):
             cls(text, settings)
     text.close()
+
+
+def same_shard_items(keys: KeyLayout, n: int) -> list[str]:
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    k = 0
+    while True:
+        item = f"it{k}"
+        group = by_shard[keys.shard("item", item)]
+        group.append(item)
+        if len(group) == n:
+            return group
+        k += 1
+
+
+def test_a_shard_fed_through_two_repartition_partitions_counts_both(r: redis.Redis, settings: Settings) -> None:
+    """Items of one shard sit on different repartition partitions, consumed in any order: the guard
+    is per (source partition, repartition partition), so a later source offset read first through one
+    repartition partition never hides an earlier one read later through another."""
+    keys = KeyLayout(settings.redis.shards)
+    a, b = same_shard_items(keys, 2)
+    ents = EntityBatchWriter(r, settings)
+    ev_a = Event(event_id="ea", type="click", user_id="u", item_id=a, ts=T0 - 2)
+    ev_b = Event(event_id="eb", type="click", user_id="u", item_id=b, ts=T0 - 1)
+    assert ents.write("item", [(2, ForwardedDelivery(0, 11, 0, ev_b))]).applied == 1
+    assert ents.write("item", [(1, ForwardedDelivery(0, 10, 0, ev_a))]).applied == 1
+    assert ents.write("item", [(1, ForwardedDelivery(0, 10, 0, ev_a))]).replayed == 1
+    stats = StatsReader(r, settings)
+    assert [stats.stats("item", i, windows=["1h"], at=T0)["1h"]["click"] for i in (a, b)] == [1.0, 1.0]
+
+
+def test_batched_record_positions_guard_each_event(r: redis.Redis, settings: Settings) -> None:
+    """Events of one batched record share an offset; (offset, index) orders and guards them."""
+    users = UserBatchWriter(r, settings)
+    evs = [Event(event_id=f"b{k}", type="click", user_id="u", item_id=f"i{k}", ts=T0 + k) for k in range(4)]
+    first = write(users, 0, [Delivery(7, ev, index=k) for k, ev in enumerate(evs[:2])])
+    assert first.statuses == ["A", "A"]
+    # the crash-replayed record, now complete, plus the next one
+    again = write(users, 0, [Delivery(7, ev, index=k) for k, ev in enumerate(evs)] + [Delivery(8, evs[0])])
+    assert again.statuses == ["R", "R", "A", "A", "D"]
+    assert [e.event_id for e in SequenceReader(r, settings).last_n("u", "click")] == ["b3", "b2", "b1", "b0"]

@@ -77,7 +77,8 @@ def test_librdkafka_default_would_not_match(mock_bootstrap: str) -> None:
 
 def test_event_producer_keys_by_user_and_item(mock_bootstrap: str) -> None:
     """End to end through the SDK: events keyed by user_id, items by item_id, murmur2 partitions."""
-    settings = Settings(kafka={"bootstrap": mock_bootstrap, "events_topic": "ev", "items_topic": "it"})
+    settings = Settings(kafka={"bootstrap": mock_bootstrap, "events_topic": "ev", "items_topic": "it"},
+                        producer={"batch_max_events": 1})  # one record per event: every record keyed by its user
     with EventProducer(settings, **{"allow.auto.create.topics": True}) as producer:
         assert producer.config["partitioner"] == "murmur2_random"
         assert producer.config["enable.idempotence"] is True

@@ -19,7 +19,17 @@ from stream.watermarks import NO_TS, PartitionClock
 )
 def test_late_flags_follow_the_prior_watermark(lateness: int, stream: list[int], late: list[bool]) -> None:
     clock = PartitionClock(lateness)
-    assert [clock.observe(ts) for ts in stream] == late
+    assert [clock.observe(ts, off) for off, ts in enumerate(stream)] == late
+
+
+def test_clock_position_covers_what_it_observed_within_batched_records() -> None:
+    clock = PartitionClock(0)
+    for offset, index, ts in [(3, 0, 10), (3, 1, 11), (4, 0, 12)]:
+        assert not clock.covers(offset, index)
+        clock.observe(ts, offset, index)
+        assert clock.covers(offset, index)
+    assert (clock.offset, clock.index) == (4, 0)
+    assert clock.covers(3, 9) and not clock.covers(4, 1) and not clock.covers(5, 0)
 
 
 def test_resumed_clock_classifies_like_the_first_run() -> None:

@@ -1,0 +1,90 @@
+"""The report of ``recstream bench ingest``: ratios, goals, ``ingest.json`` and ``ingest.md``.
+
+Raw aiokafka in the ratios and goals is the single-event ``getmany`` + decode loop, the ceiling of
+``faust_throughput.md``; the table also gives each variant against the batched aiokafka loop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.common import write_results
+
+BASELINE_WORKER_EPS = 1_800.0
+"""The full worker before batched records (events/s, this machine)."""
+def _ratio(summary: dict[str, Any], num: str, den: str | float) -> float | None:
+    a = summary.get(num, {}).get("median_eps")
+    b = den if isinstance(den, float) else summary.get(den, {}).get("median_eps")
+    return a / b if a and b else None
+
+
+def ratios(summary: dict[str, Any]) -> dict[str, float | None]:
+    pairs: list[tuple[str, str, str | float]] = [
+        ("faust_batched_over_aiokafka", "faust-batched", "aiokafka-single"),
+        ("faust_single_over_aiokafka", "faust-single", "aiokafka-single"),
+        ("faust_batched_over_aiokafka_batched", "faust-batched", "aiokafka-batched"),
+        ("faust_batched_over_faust_single", "faust-batched", "faust-single"),
+        ("worker_1p_over_aiokafka", "worker-1p", "aiokafka-single"),
+        ("worker_2p_over_aiokafka", "worker-2p", "aiokafka-single"),
+        ("worker_1p_over_baseline", "worker-1p", BASELINE_WORKER_EPS),
+        ("worker_2p_over_baseline", "worker-2p", BASELINE_WORKER_EPS),
+        ("worker_2p_over_worker_1p", "worker-2p", "worker-1p"),
+        ("produce_batched_over_single", "produce-batched", "produce-single"),
+    ]
+    return {key: _ratio(summary, a, b) for key, a, b in pairs}
+
+
+def goals(summary: dict[str, Any], rat: dict[str, float | None]) -> list[dict[str, Any]]:
+    """The goals with this run's medians (raw aiokafka = the single-event getmany ceiling)."""
+    rows = [("full worker, 1 process, batched", summary.get("worker-1p", {}).get("median_eps"), 15_000.0, "events/s"),
+            ("full worker, 1 process, batched / raw aiokafka", rat["worker_1p_over_aiokafka"], 0.1, "×"),
+            ("Faust pass-through, batched / raw aiokafka", rat["faust_batched_over_aiokafka"], 0.5, "×")]
+    return [{"goal": g, "value": v, "limit": lim, "unit": u, "met": v is not None and v >= lim}
+            for g, v, lim, u in rows]
+
+
+def _notes(runs: list[dict[str, Any]]) -> str:
+    last: dict[str, Any] = next((r for r in reversed(runs) if "eps" in r), {})
+    parts = []
+    if "events_per_record" in last:
+        parts.append(f"{last['records']:,} records, {last['events_per_record']:.1f} events/record")
+    if last.get("invalid"):
+        parts.append(f"{last['invalid']:,} invalid")
+    if "dead_letters" in last:
+        parts.append(f"from {last['start_signal']}; {last['dead_letters']:,} dead letters")
+    parts += [f"**error**: {r['error']}" for r in runs if "error" in r]
+    return "; ".join(parts)
+
+
+def _fmt(v: float | None, spec: str = ",.0f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def write_report(out_dir: Path, n: int, rounds: int, summary: dict[str, Any], labels: dict[str, str]) -> Path:
+    """ingest.json and ingest.md: the variants table, the ratios, the goals and the machine line."""
+    rat = ratios(summary)
+    gls = goals(summary, rat)
+    machine_line = (f"Machine: {os.cpu_count()} vCPU, shared; the Kafka broker and Redis run on it next to the "
+                    f"consumers. {n:,} events, {rounds} round(s), medians.")
+    results = {"events": n, "rounds": rounds, "baseline_worker_eps": BASELINE_WORKER_EPS,
+               "variants": summary, "ratios": rat, "goals": gls, "machine_note": machine_line}
+    ref_s, ref_b = (summary.get(k, {}).get("median_eps") for k in ("aiokafka-single", "aiokafka-batched"))
+    table = [["variant", "runs (events/s)", "median events/s", "× aiokafka single", "× aiokafka batched", "notes"]]
+    for name, s in summary.items():
+        med = s["median_eps"]
+        table.append([f"{labels[name]} (`{name}`)", ", ".join(f"{x:,.0f}" for x in s["runs_eps"]) or "–",
+                      _fmt(med), _fmt(med / ref_s if med and ref_s else None, ".3f"),
+                      _fmt(med / ref_b if med and ref_b else None, ".3f"), _notes(s["runs"])])
+    md = write_results(out_dir, "ingest", results, table)
+    lines = ["", "| goal | this run | limit | met |", "|---|---|---|---|"]
+    lines += [f"| {g['goal']} | {_fmt(g['value'], ',.3g' if g['unit'] == '×' else ',.0f')} {g['unit']} | "
+              f"≥ {g['limit']:,.4g} {g['unit']} | {'✓' if g['met'] else '✗'} |" for g in gls]
+    lines += ["", "Ratios (medians): " + ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in rat.items()) + ".",
+              f"Baseline full worker (before batched records): {BASELINE_WORKER_EPS:,.0f} events/s.", "",
+              machine_line, ""]
+    with md.open("a") as f:
+        f.write("\n".join(lines))
+    return md
+

@@ -1,0 +1,134 @@
+"""The full-worker variant of ``recstream bench ingest``: ``recstream worker`` processes over a pre-filled topic.
+
+Each run gets a consumer group, side topics (items, dead letters, repartition) and worker homes of its own,
+and an empty Redis (FLUSHALL). Events/s = n / (caught up − first new key in Redis): the first key added
+after the group's first stable assignment (start-up keys such as the layout key are written before) appears
+while the first batch is written, so it stands for "first event consumed" (the first fetch and decode are
+not timed); ``eps_from_assignment`` times from the group's first stable assignment instead (it includes
+Faust's start-up after the assignment: a lower bound). "Caught up" is :class:`stream.lag.LagProbe`'s rule.
+A worker that exits, or dead-letters records, shows in the result.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from typing import Any
+
+import redis
+from confluent_kafka import ConsumerGroupState, KafkaException
+from tqdm import tqdm
+
+from bench.common import BAR, records_in, with_sections
+from infra.settings import Settings
+from infra.topics import admin_client, ensure_topics
+from stream.lag import LagProbe, caught_up
+from stream.worker_process import WorkerProcess
+
+
+def _worker_settings(base: Settings, topic: str, tag: str) -> Settings:
+    """The base settings with ``topic`` as the events topic and a group and side topics of this run's own."""
+    return with_sections(base, kafka={
+        "events_topic": topic, "items_topic": f"{tag}-items", "dlq_topic": f"{tag}-dlq",
+        "by_item_topic": f"{tag}-by-item", "by_author_topic": f"{tag}-by-author",
+    }, worker={"app_id": tag})
+
+
+def _check_alive(workers: Sequence[WorkerProcess]) -> None:
+    for w in workers:
+        if not w.alive():
+            code = w.stop()
+            lines = w.log_path.read_text(errors="replace").strip().splitlines() if w.log_path.exists() else []
+            msg = f"worker {w.pid} exited with code {code}: {' | '.join(lines[-3:]) or 'empty log'}"
+            raise RuntimeError(msg)
+
+
+def _group_assigned(admin: Any, group: str) -> bool:
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+    except KafkaException:
+        return False
+    return bool(desc.state == ConsumerGroupState.STABLE and any(m.assignment.topic_partitions for m in desc.members))
+
+
+def _wait_start(
+    settings: Settings, client: redis.Redis, probe: LagProbe, workers: Sequence[WorkerProcess]
+) -> dict[str, float]:
+    """Perf-counter marks: ``assigned`` (the group first stable with partitions) and ``first_key`` (the first
+    key added to Redis after it ≈ the first batch consumed; the keys a worker writes at start-up, such as
+    the layout key, are there before it joins) or, if the worker writes nothing, ``first_commit``."""
+    admin, marks = admin_client(settings), {}
+    deadline, next_commit, baseline = time.monotonic() + 180, 0.0, -1
+    while time.monotonic() < deadline:
+        if baseline < 0 and _group_assigned(admin, probe.group):
+            marks["assigned"], baseline = time.perf_counter(), int(client.dbsize())
+            marks["startup_keys"] = baseline
+        if baseline >= 0 and client.dbsize() > baseline:
+            marks["first_key"] = time.perf_counter()
+            return marks
+        if time.monotonic() > next_commit:
+            _check_alive(workers)
+            if any(r.committed for r in probe.read() if r.topic in probe.source_topics):
+                marks["first_commit"] = time.perf_counter()
+                return marks
+            next_commit = time.monotonic() + 0.5
+        time.sleep(0.005 if baseline >= 0 else 0.05)
+    msg = "the worker wrote nothing and committed nothing within 180 s"
+    raise RuntimeError(msg)
+
+
+def _wait_caught_up(probe: LagProbe, workers: Sequence[WorkerProcess], timeout_s: float) -> None:
+    """LagProbe's catch-up rule (source targets, repartition ends re-read, twice in a row), with a bar."""
+    rows = probe.read()
+    targets = {(r.topic, r.partition): r.end for r in rows if r.topic in probe.source_topics}
+    total, stable, deadline = sum(targets.values()), 0, time.monotonic() + timeout_s
+    with tqdm(total=total, desc="worker (records)", unit="rec", **BAR) as bar:
+        while stable < 2:
+            stable = stable + 1 if caught_up(rows, targets) else 0
+            done = sum(min(r.committed, targets[(r.topic, r.partition)]) for r in rows
+                       if (r.topic, r.partition) in targets)
+            bar.update(done - bar.n)
+            if time.monotonic() > deadline:
+                msg = f"not caught up after {timeout_s:.0f} s ({total - done} source records behind)"
+                raise RuntimeError(msg)
+            _check_alive(workers)
+            time.sleep(0.2)
+            rows = probe.read()
+
+
+def bench_worker(base: Settings, topic: str, n: int, procs: int) -> dict[str, Any]:
+    """``procs`` worker processes in one fresh group over the pre-filled ``topic``; Redis flushed first."""
+    tag = f"bench-w{procs}-{uuid.uuid4().hex[:8]}"
+    settings = _worker_settings(base, topic, tag)
+    ensure_topics(settings)
+    client = redis.Redis.from_url(settings.redis.effective_url)
+    client.flushall()
+    probe = LagProbe(settings)
+    workers = []
+    for i in range(procs):
+        home = base.home / tag / str(i)
+        home.mkdir(parents=True)
+        workers.append(WorkerProcess(settings.model_copy(update={"home": home}),
+                                     base.home / "logs" / f"{tag}-{i}.log", loglevel="warning"))
+    with ExitStack() as stack:
+        # Start them together (one join, no staggered rebalance). The pool's threads must outlive the
+        # workers: a worker gets SIGTERM when the thread that started it exits (PR_SET_PDEATHSIG).
+        pool = stack.enter_context(ThreadPoolExecutor(procs))
+        for w in workers:
+            stack.callback(w.stop)
+        list(pool.map(WorkerProcess.start, workers))
+        marks = _wait_start(settings, client, probe, workers)
+        _wait_caught_up(probe, workers, timeout_s=120 + n / 500)
+        end = time.perf_counter()
+    start = marks.get("first_key", marks.get("first_commit", 0.0))
+    dead = records_in(settings, settings.kafka.dlq_topic)
+    result = {"eps": n / (end - start), "elapsed_s": end - start,
+              "start_signal": "first Redis key" if "first_key" in marks else "first commit (no Redis key)",
+              "eps_from_assignment": n / (end - marks["assigned"]) if "assigned" in marks else None,
+              "dead_letters": dead, "redis_keys": int(client.dbsize()), "startup_keys": marks.get("startup_keys")}
+    if dead:
+        result["warning"] = f"{dead} record(s) dead-lettered: the worker did not accept every record"
+    return result
