@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import json
 import logging
 import statistics
@@ -296,6 +297,16 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def source_digest() -> str:
+    """A digest of the worker's code (stream/, filters/, infra/): other people edit it while benches run."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    files = [p for d in ("stream", "filters", "infra") for p in (root / d).rglob("*") if p.suffix in {".py", ".lua"}]
+    for path in sorted(files):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -304,15 +315,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()} or {v.name for v in VARIANTS}
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    for noisy in ("aiokafka", "recstream.producer"):  # e.g. "Coordinator load in progress: retrying" at start
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # (delivery failures still raise in flush)
     events = synthetic_events(args.events)
     gc.collect()
     gc.freeze()  # the 200k events stay alive: keep them out of every GC pass of the consumers
+    code_before = source_digest()
     with private_services() as settings:
         print(f"ingest bench: {len(events):,} events, {settings.kafka.partitions} partitions, "
               f"{args.rounds} round(s)", flush=True)
         runs = run_rounds(settings, events, args.rounds, only)
-    md = write_report(args.out, len(events), args.rounds, summarize(runs), {v.name: v.label for v in VARIANTS})
+    code = {"digest_before": code_before, "digest_after": source_digest()}
+    md = write_report(args.out, len(events), args.rounds, summarize(runs), {v.name: v.label for v in VARIANTS}, code)
     print(md.read_text())
 
 

@@ -201,8 +201,7 @@ def run_recstream(
         status = _proc_status(pid)
         cpu, rcpu = _proc_cpu_s(pid) - cpu0, _redis_cpu_s(client) - rcpu0
         kcpu = _broker_cpu_s(settings) - kcpu0
-        kafka = settings.kafka
-        repartition = sum(_topic_records(settings, t).get(t, 0) for t in (kafka.by_item_topic, kafka.by_author_topic))
+        repartition = 0  # item and author tiles are written by the user-keyed stage: no repartition topic
         used1 = int(client.info("memory")["used_memory"])
         families = redis_key_memory(client)
         counts, reader = recstream_counts(settings, sample, at_ms)

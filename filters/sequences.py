@@ -56,15 +56,15 @@ def order_key(entry: Entry) -> tuple[int, str]:
     return entry.ts, entry.event_id
 
 
-def encode_member(event_id: str, item_id: str, category: str | None, author_id: str | None) -> bytes:
+def encode_member(event_id: str, item_id: str, category: str | None, author_id: str | None) -> str:
     """The sorted-set member: ``event_id NUL item_id NUL category NUL author_id`` (``None`` = empty).
 
+    Redis stores its UTF-8 bytes; code-point order of the str is the byte order Redis sorts by.
+
     >>> encode_member("e1", "i9", None, "a1")
-    b'e1\\x00i9\\x00\\x00a1'
+    'e1\\x00i9\\x00\\x00a1'
     """
-    return SEP.join(
-        (event_id.encode(), item_id.encode(), (category or "").encode(), (author_id or "").encode())
-    )
+    return "\0".join((event_id, item_id, category or "", author_id or ""))
 
 
 def decode_member(member: bytes, ts: int) -> Entry:

@@ -17,6 +17,7 @@ array([[0, 1, 0, 0, 0, 0],
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zlib
@@ -37,6 +38,7 @@ __all__ = [
     "Ring",
     "TileLayout",
     "Window",
+    "aggregate_cells",
     "apply_events",
     "decode_blobs",
     "empty_words",
@@ -194,12 +196,52 @@ class TileLayout:
         msg = f"unknown window {name!r}; known: {[w.name for w in self.windows]}"
         raise KeyError(msg)
 
-    def lua_args(self) -> list[int]:
-        """``fingerprint, nbytes, n_rings, (tile_ms, slots, word_offset) * n_rings`` for the scripts."""
-        args = [self.fingerprint, self.nbytes, len(self.rings)]
-        for r in self.rings:
-            args += [r.tile_ms, r.slots, r.word_offset]
-        return args
+    def lua_args(self) -> list[object]:
+        """``[fingerprint, nbytes, [[tile_ms, slots, word_offset], …]]`` for the scripts (msgpack)."""
+        return [self.fingerprint, self.nbytes, [[r.tile_ms, r.slots, r.word_offset] for r in self.rings]]
+
+
+def aggregate_cells(
+    layout: TileLayout, entity: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], counter: npt.NDArray[np.int64]
+) -> dict[int, list[int]]:
+    """A batch's tile increments per entity, pre-aggregated as the Lua ``tile_apply`` takes them (pure).
+
+    Event ``i`` (``ts[i]``, counter index ``counter[i]``) counts for entity number ``entity[i]``. Per
+    entity there is one cell per (ring, slot): the newest tile of the batch in that slot and its counters
+    — an event of an older tile of the same slot is dropped, as the newer tile resets the slot anyway
+    (the rule of :func:`apply_events`). Each entity's list is ``ring (1-based), slot, tile, counter_0 …
+    counter_5`` per cell, vectorised over the whole batch.
+
+    >>> lay = TileLayout.build({"1h": "1h"}, 0)          # one ring of 2 one-hour slots
+    >>> h = 3_600_000
+    >>> aggregate_cells(lay, np.array([0, 0, 0, 1]), np.array([10 * h, 10 * h + 5, 8 * h, 9 * h]),
+    ...                 np.array([0, 1, 0, 2]))
+    {0: [1, 0, 10, 1, 1, 0, 0, 0, 0], 1: [1, 1, 9, 0, 0, 1, 0, 0, 0]}
+    """
+    if len(entity) == 0:
+        return {}
+    n_rings = len(layout.rings)
+    tile_ms = np.array([r.tile_ms for r in layout.rings], dtype=np.int64)
+    slots = np.array([r.slots for r in layout.rings], dtype=np.int64)
+    span = int(slots.max())
+    tiles = (ts[:, None] // tile_ms[None, :]).ravel()
+    slot = (tiles.reshape(-1, n_rings) % slots[None, :]).ravel()
+    ring = np.tile(np.arange(n_rings, dtype=np.int64), len(entity))
+    key = (np.repeat(entity, n_rings) * n_rings + ring) * span + slot
+    order = np.lexsort((tiles, key))
+    key, tiles, counts_of = key[order], tiles[order], np.repeat(counter, n_rings)[order]
+    starts = np.r_[True, key[1:] != key[:-1]]
+    group = np.cumsum(starts) - 1
+    last = np.r_[starts[1:], True]
+    newest = tiles[last][group]
+    keep = tiles == newest
+    counts = np.zeros((int(group[-1]) + 1, len(COUNTERS)), dtype=np.int64)
+    np.add.at(counts, (group[keep], counts_of[keep]), 1)
+    gkey = key[last]
+    rows = np.column_stack((gkey // span % n_rings + 1, gkey % span, tiles[last], counts))
+    owner = gkey // (span * n_rings)
+    bounds = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1], True])
+    return {int(owner[a]): rows[a:b].ravel().tolist() for a, b in itertools.pairwise(bounds)}
 
 
 def empty_words(layout: TileLayout) -> npt.NDArray[np.uint32]:

@@ -61,8 +61,6 @@ class KafkaSettings(_Section):
     items_topic: str = "recstream-items"
     dlq_topic: str = "recstream-dlq"
     retention_ms: int = Field(35 * MS_PER_DAY, ge=MS_PER_HOUR)
-    by_item_topic: str = Field("recstream-by-item", description="repartition topic keyed by item_id")
-    by_author_topic: str = Field("recstream-by-author", description="repartition topic keyed by author_id")
     jars_dir: str = Field(
         "", description="broker jar cache; empty = $XDG_CACHE_HOME/recstream/kafka-<version>/libs"
     )

@@ -36,8 +36,6 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(k.events_topic, p),
         TopicSpec(k.dlq_topic, p),
         TopicSpec(k.items_topic, p, {"cleanup.policy": "compact"}),
-        TopicSpec(k.by_item_topic, p),
-        TopicSpec(k.by_author_topic, p),
     ]
 
 

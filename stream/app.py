@@ -3,10 +3,10 @@
 Every agent runs with concurrency 1 (faust-streaming #606 commits past in-flight messages otherwise) and
 batches with ``take_events(n, within=…)`` (``take`` without ``within`` can stall). Processing is
 ``at_least_once``; exactness comes from the replay guard in Redis (docs/architecture.md). Each batch is
-committed in one order: its Redis writes, then its forwards and dead letters (awaited until the broker
-acknowledged them), then its event-time clocks, and only then — after the iteration that took the batch
-has finished — Faust commits the source offsets. A crash anywhere replays the batch into a guard that
-makes the replay a no-op, and a forwarded or dead-lettered message is never lost.
+committed in one order: its Redis writes (user, item and author shards), then its dead letters (awaited
+until the broker acknowledged them), then its event-time clocks, and only then — after the iteration
+that took the batch has finished — Faust commits the source offsets. A crash anywhere replays the batch
+into a guard that makes the replay a no-op, and a dead-lettered message is never lost.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from infra import metrics
 from infra.errors import InfraError
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
-from stream.ingest import EntityStage, IngestStage, ItemMetaStage, Record, StageOutput
+from stream.ingest import IngestStage, ItemMetaStage, Record, StageOutput
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,20 +77,16 @@ def create_app(settings: Settings) -> faust.App:
     )
     client = redis.Redis.from_url(settings.redis.effective_url)
     dlq = app.topic(kafka.dlq_topic, **RAW)
-    by_item = app.topic(kafka.by_item_topic, **RAW)
-    by_author = app.topic(kafka.by_author_topic, **RAW)
     n, within = worker.batch_size, worker.batch_within_s
 
     async def emit(out: StageOutput) -> None:
-        """Send the batch's dead letters and forwards and wait until the broker acknowledged each."""
+        """Send the batch's dead letters and wait until the broker acknowledged each."""
         pending = [await dlq.send(key=d.record.key, value=d.payload, headers=d.headers()) for d in out.dead_letters]
-        pending += [await by_item.send(value=v, partition=p) for p, v in out.messages("item")]
-        pending += [await by_author.send(value=v, partition=p) for p, v in out.messages("author")]
         if pending:
             await asyncio.gather(*pending)
 
     async def run(agent_name: str, stage: Any, stream: faust.StreamT[bytes]) -> None:
-        # the commit order: Redis writes -> forwards acknowledged -> clocks persisted -> offsets
+        # the commit order: Redis writes -> dead letters acknowledged -> clocks persisted -> offsets
         # (Faust commits an event's offset only after the iteration that took it has finished)
         async for events in stream.take_events(n, within=within):  # type: ignore[attr-defined]
             records = _records(events)
@@ -102,21 +98,11 @@ def create_app(settings: Settings) -> faust.App:
             metrics.PROCESSING_SECONDS.labels(agent=agent_name).observe(time.perf_counter() - started)
 
     ingest_stage = IngestStage(client, settings)
-    item_stage = EntityStage(client, settings, "item")
-    author_stage = EntityStage(client, settings, "author")
     meta_stage = ItemMetaStage(client, settings)
 
     @app.agent(app.topic(kafka.events_topic, **RAW), concurrency=1, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         await run("ingest", ingest_stage, stream)
-
-    @app.agent(by_item, concurrency=1, name="item-stats")
-    async def item_stats(stream: faust.StreamT[bytes]) -> None:
-        await run("item-stats", item_stage, stream)
-
-    @app.agent(by_author, concurrency=1, name="author-stats")
-    async def author_stats(stream: faust.StreamT[bytes]) -> None:
-        await run("author-stats", author_stage, stream)
 
     @app.agent(app.topic(kafka.items_topic, **RAW), concurrency=1, name="item-meta")
     async def item_meta(stream: faust.StreamT[bytes]) -> None:

@@ -3,13 +3,14 @@
 :class:`IngestStage` handles the user-keyed events topic: decode and validate every event of every record
 (single-event or batched; invalid → dead letter, alone), event-time clocks, item-metadata enrichment,
 then one :class:`~stream.writers.UserBatchWriter` pipeline for exposure filters, last-N sequences and
-user statistics, and the first deliveries to forward to the item- and author-keyed repartition topics.
-:class:`EntityStage` applies forwarded deliveries to item or author statistics, and
-:class:`ItemMetaStage` stores item metadata. The Faust agents in :mod:`stream.app` are thin adapters.
+user statistics, and one :class:`~stream.writers.EntityBatchWriter` pipeline that applies the batch's
+first deliveries to item and author statistics. :class:`ItemMetaStage` stores item metadata. The Faust
+agents in :mod:`stream.app` are thin adapters.
 
-A stage's :meth:`process` returns a :class:`StageOutput`; the caller sends its messages, waits until the
-broker acknowledged them, then calls :meth:`StageOutput.commit` (it persists the event-time clocks), and
-only then lets Faust commit the offsets: Redis → forwards → watermark → offsets (docs/architecture.md).
+A stage's :meth:`process` returns a :class:`StageOutput`; the caller sends its dead letters, waits until
+the broker acknowledged them, then calls :meth:`StageOutput.commit` (it persists the event-time clocks),
+and only then lets Faust commit the offsets: Redis → dead letters → watermark → offsets
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import redis
@@ -30,7 +31,7 @@ from infra.errors import EventValidationError
 from infra.keys import KeyLayout
 from infra.settings import Settings
 from stream.batching import KeyPartitioner
-from stream.deliveries import Delivery, ForwardedDelivery, decode_forwarded_batch, encode_forwarded_batch
+from stream.deliveries import Delivery
 from stream.watermarks import WatermarkStore
 from stream.writers import EntityBatchWriter, UserBatchWriter
 
@@ -76,37 +77,18 @@ class DeadLetter:
         return self.record.value if self.value is None else self.value
 
 
-#: Forwarded deliveries per repartition message (keeps messages far below Kafka's 1 MiB default).
-MAX_FORWARDS_PER_MESSAGE = 1000
-
-
 def _noop() -> None:
     return None
 
 
 @dataclass
 class StageOutput:
-    """What a stage wants sent to Kafka after its Redis writes succeeded, and what to do once it was.
-
-    Forwards are grouped per target partition of the repartition topics (chosen with the murmur2
-    partitioner Faust and Kafka use for the item / author key) and sent as one message per group, in
-    source order. ``commit`` persists the event-time clocks: call it only after every message was
-    acknowledged by the broker.
-    """
+    """What a stage wants sent to Kafka after its Redis writes succeeded, and what to do once it was:
+    ``commit`` persists the event-time clocks — call it only after the broker acknowledged every dead
+    letter."""
 
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    by_item: dict[int, list[ForwardedDelivery]] = field(default_factory=dict)
-    by_author: dict[int, list[ForwardedDelivery]] = field(default_factory=dict)
     commit: Callable[[], None] = _noop
-
-    def messages(self, which: Literal["item", "author"]) -> list[tuple[int, bytes]]:
-        """(partition, value) of the repartition messages for ``which``."""
-        groups = self.by_item if which == "item" else self.by_author
-        return [
-            (partition, encode_forwarded_batch(fwds[i : i + MAX_FORWARDS_PER_MESSAGE]))
-            for partition, fwds in groups.items()
-            for i in range(0, len(fwds), MAX_FORWARDS_PER_MESSAGE)
-        ]
 
 
 def _dead(out: StageOutput, letter: DeadLetter) -> None:
@@ -156,6 +138,7 @@ class IngestStage:
             client, settings.worker.app_id, settings.kafka.events_topic, settings.stats.allowed_lateness_ms, clock
         )
         self._users = UserBatchWriter(client, settings)
+        self._entities = EntityBatchWriter(client, settings)
         self._partition_of = KeyPartitioner(settings.kafka.partitions)
 
     def process(self, records: Sequence[Record]) -> StageOutput:
@@ -170,7 +153,7 @@ class IngestStage:
         for rec, index, ev in valid:
             clock = clocks[rec.partition]
             if clock.covers(rec.offset, index):
-                continue  # applied, forwarded and inside the persisted clock before a crash
+                continue  # applied (user, item and author shards) and inside the persisted clock before a crash
             late = clock.observe(ev.ts, rec.offset, index)
             category, author = ev.category, ev.author_id
             if category is None or author is None:
@@ -180,24 +163,13 @@ class IngestStage:
             batch[rec.partition].append(Delivery(rec.offset, ev, late, category, author, index))
         started = time.perf_counter()
         result = self._users.write(batch, {p: c.watermark for p, c in clocks.items()})
+        for entities in self._entities.write(result.first_deliveries(batch)):
+            entities.record_metrics()
         metrics.WRITE_SECONDS.labels(stage="user").observe(time.perf_counter() - started)
-        result.record_metrics()
-        late_applied = 0
-        for p, deliveries in batch.items():
-            for d, st in zip(deliveries, result.statuses[p], strict=True):
-                if st == "A" and d.stats_late:
-                    late_applied += 1
-                if st in "AR":
-                    self._forward(out, d.forwarded(p))
-        metrics.LATE_DROPPED.labels(stage="user").inc(late_applied)
+        result.record_metrics(batch)
         out.commit = lambda: self._clocks.save(clocks)
         self._observe_processed(ev for _, _, ev in valid)
         return out
-
-    def _forward(self, out: StageOutput, fwd: ForwardedDelivery) -> None:
-        out.by_item.setdefault(self._partition_of(fwd.event.item_id), []).append(fwd)
-        if fwd.author_id is not None:
-            out.by_author.setdefault(self._partition_of(fwd.author_id), []).append(fwd)
 
     def _item_meta(self, events: Iterable[Event]) -> dict[str, tuple[str | None, str | None]]:
         items = sorted({ev.item_id for ev in events})
@@ -226,30 +198,6 @@ class IngestStage:
         now = self._clock()
         if newest and now >= newest:
             metrics.FRESHNESS_SECONDS.labels(agent="ingest").observe((now - newest) / 1000)
-
-
-class EntityStage:
-    """Item- or author-keyed stage over a repartition topic."""
-
-    def __init__(self, client: redis.Redis, settings: Settings, kind: Literal["item", "author"]) -> None:
-        self._kind: Literal["item", "author"] = kind
-        self._writer = EntityBatchWriter(client, settings)
-
-    def process(self, records: Sequence[Record]) -> StageOutput:
-        """Apply one batch of forwarded deliveries to this stage's entity statistics."""
-        out = StageOutput()
-        deliveries: list[tuple[int, ForwardedDelivery]] = []
-        for rec in records:
-            try:
-                deliveries.extend((rec.partition, d) for d in decode_forwarded_batch(rec.value or b""))
-            except EventValidationError as exc:
-                _dead(out, DeadLetter(rec, exc.reason, exc.detail))
-        if deliveries:
-            started = time.perf_counter()
-            result = self._writer.write(self._kind, deliveries)
-            metrics.WRITE_SECONDS.labels(stage=self._kind).observe(time.perf_counter() - started)
-            result.record_metrics()
-        return out
 
 
 class ItemMetaStage:

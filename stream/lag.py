@@ -60,7 +60,6 @@ class LagProbe:
         kafka = settings.kafka
         self.group = settings.worker.app_id
         self.source_topics = [kafka.events_topic, kafka.items_topic]
-        self.internal_topics = [kafka.by_item_topic, kafka.by_author_topic]
         self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4"})
 
     def _partitions(self, timeout: float) -> list[TopicPartition]:
@@ -70,7 +69,7 @@ class LagProbe:
             msg = f"cannot reach Kafka to read lag: {exc}"
             raise KafkaError(msg) from None
         tps: list[TopicPartition] = []
-        for topic in self.source_topics + self.internal_topics:
+        for topic in self.source_topics:
             if topic not in meta.topics:
                 msg = f"topic {topic!r} does not exist; run `recstream infra up` first"
                 raise KafkaError(msg)
@@ -95,20 +94,14 @@ class LagProbe:
         return lag_rows(committed, ends, self.group)
 
     def wait_until_caught_up(self, timeout_s: float, poll_s: float = 0.5) -> list[LagRow]:
-        """Block until everything produced to the source topics so far is consumed, including what the
-        worker forwards to its repartition topics meanwhile; raises :class:`KafkaError` on timeout."""
+        """Block until everything produced to the source topics so far is consumed; raises
+        :class:`KafkaError` on timeout."""
         deadline = time.monotonic() + timeout_s
-        first = self.read()
-        targets = {(r.topic, r.partition): r.end for r in first if r.topic in self.source_topics}
-        stable = 0
-        rows = first
+        rows = self.read()
+        targets = {(r.topic, r.partition): r.end for r in rows}
         while True:
             if caught_up(rows, targets):
-                stable += 1
-                if stable >= 2:  # the repartition ends are re-read after the sources caught up
-                    return rows
-            else:
-                stable = 0
+                return rows
             if time.monotonic() > deadline:
                 behind = sum(r.lag for r in rows)
                 msg = f"not caught up after {timeout_s:.0f} s: {behind} messages still behind"

@@ -2,12 +2,15 @@
 
 :class:`UserBatchWriter` applies a batch of the user-keyed events topic — exposure Bloom filters,
 last-N sequences, user and user × category tiles, dedup and the replay guard — with ``user_batch.lua``;
-:class:`EntityBatchWriter` applies forwarded first deliveries to item or author tiles with
-``entity_batch.lua``. Each call covers every entity of one shard (``redis.shards``; all its keys share a
-hash tag, so one slot on Redis Cluster). Python does what needs no stored state — grouping by shard,
-hashing impressions for the Bloom filters, ordering by source position — and Lua what does: the guard
-and dedup decision, tile epochs, sub-slice capacity. A batch may be written again after a crash: the
-guard makes the second write a no-op.
+:class:`EntityBatchWriter` then applies the batch's first deliveries to item and author tiles with
+``entity_batch.lua``, guarded per source partition (no repartition topic: a source partition is
+processed by one worker, in order, so its positions order every shard it touches). Each call covers
+every entity of one shard (``redis.shards``; all its keys share a hash tag: one slot on Redis
+Cluster) and carries its batch as one msgpack argument. Python does what needs no stored state —
+grouping by shard, hashing impressions for the Bloom filters, pre-aggregating tile increments over the
+whole batch in one vectorised pass — and Lua what does: the guard and dedup decision (taking back the
+increments of the events it refuses), tile epochs, sub-slice capacity. A batch may be written again
+after a crash: the guard makes the second write a no-op.
 """
 
 from __future__ import annotations
@@ -16,23 +19,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+import numpy as np
 import redis
 
 from filters.bloom import item_hashes
 from filters.events import EVENT_TYPES
 from filters.sequences import encode_member, sequence_capacities
 from filters.slices import SlicePlan
-from filters.tiles import TileLayout
+from filters.tiles import TileLayout, aggregate_cells
 from infra import metrics
 from infra.keys import KeyLayout
 from infra.lua import Call, Script
 from infra.redis_client import require_binary_client
 from infra.settings import MS_PER_DAY, Settings
-from stream.deliveries import Delivery, ForwardedDelivery
+from stream.deliveries import Delivery
 
 __all__ = ["EntityBatchWriter", "EntityWriteResult", "UserBatchWriter", "UserWriteResult"]
 
 _TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
+_msgpack = msgspec.msgpack.Encoder()
+Batch = Mapping[int, Sequence[Delivery]]
+"""Source partition -> its deliveries in source-position order."""
 
 
 def _ttls(settings: Settings, layout: TileLayout) -> tuple[int, int, int]:
@@ -42,6 +50,29 @@ def _ttls(settings: Settings, layout: TileLayout) -> tuple[int, int, int]:
     dedup = settings.stats.dedup_horizon_ms + settings.stats.allowed_lateness_ms + safety
     guard = settings.kafka.retention_ms + safety
     return tiles, dedup, guard
+
+
+class _Tiles:
+    """Tile events of a whole batch, numbered by blob, for one vectorised :func:`aggregate_cells`."""
+
+    def __init__(self) -> None:
+        self.blobs = 0
+        self.entity: list[int] = []
+        self.ts: list[int] = []
+        self.counter: list[int] = []
+
+    def new_blob(self) -> int:
+        self.blobs += 1
+        return self.blobs - 1
+
+    def add(self, blob: int, ts: int, counter: int) -> None:
+        self.entity.append(blob)
+        self.ts.append(ts)
+        self.counter.append(counter)
+
+    def cells(self, layout: TileLayout) -> dict[int, list[int]]:
+        arrays = (np.array(a, dtype=np.int64) for a in (self.entity, self.ts, self.counter))
+        return aggregate_cells(layout, *arrays)
 
 
 @dataclass
@@ -54,14 +85,17 @@ class UserWriteResult:
     slices_deleted: int = 0
     appended: dict[str, int] = field(default_factory=dict)
     trimmed: dict[str, int] = field(default_factory=dict)
-    tile_updates: dict[str, int] = field(default_factory=dict)
     calls: int = 0
 
     def count(self, codes: str) -> int:
         """How many deliveries have one of these status codes."""
         return sum(st in codes for sts in self.statuses.values() for st in sts)
 
-    def record_metrics(self) -> None:
+    def first_deliveries(self, batch: Batch) -> dict[int, list[Delivery]]:
+        """The deliveries that are the first of their ``event_id`` (replays included), per partition."""
+        return {p: [d for d, st in zip(ds, self.statuses[p], strict=True) if st in "AR"] for p, ds in batch.items()}
+
+    def record_metrics(self, batch: Batch) -> None:
         """Add this batch to the write-path collectors."""
         metrics.REPLAYED_SKIPPED.labels(stage="user").inc(self.count("Rr"))
         metrics.DUPLICATES_DROPPED.labels(stage="user").inc(self.count("D"))
@@ -71,8 +105,12 @@ class UserWriteResult:
             metrics.SEQ_APPENDED.labels(action=action).inc(n)
         for action, n in self.trimmed.items():
             metrics.SEQ_TRIMMED.labels(action=action).inc(n)
-        for kind, n in self.tile_updates.items():
-            metrics.TILE_UPDATES.labels(kind=kind).inc(n)
+        counted = [d for p, ds in batch.items() for d, st in zip(ds, self.statuses[p], strict=True) if st == "A"]
+        late = sum(d.stats_late for d in counted)
+        metrics.LATE_DROPPED.labels(stage="user").inc(late)
+        metrics.TILE_UPDATES.labels(kind="user").inc(len(counted) - late)
+        metrics.TILE_UPDATES.labels(kind="user_category").inc(
+            sum(1 for d in counted if not d.stats_late and d.category is not None))
 
 
 @dataclass
@@ -89,7 +127,6 @@ class EntityWriteResult:
     def record_metrics(self) -> None:
         """Add this batch to the write-path collectors (stage = kind)."""
         metrics.REPLAYED_SKIPPED.labels(stage=self.kind).inc(self.replayed)
-        metrics.LATE_DROPPED.labels(stage=self.kind).inc(self.late)
         metrics.TILE_UPDATES.labels(kind=self.kind).inc(self.applied)
         metrics.SCRIPT_CALLS.labels(stage=self.kind).inc(self.calls)
 
@@ -110,15 +147,14 @@ class _Writer:
 
 
 @dataclass
-class _UserCall:
-    """The KEYS / ARGV of one user-shard call being built, and which deliveries it carries."""
+class _Call:
+    """The KEYS and body rows of one shard call being built, and which deliveries it carries."""
 
     keys: list[str]
-    parts: dict[int, int] = field(default_factory=dict)  # source partition -> part no (1-based)
-    part_args: list[Any] = field(default_factory=list)
-    users: dict[str, int] = field(default_factory=dict)  # user -> user no (1-based)
-    user_args: list[Any] = field(default_factory=list)
-    events: list[Any] = field(default_factory=list)
+    rows: dict[str, list[list[Any]]] = field(
+        default_factory=lambda: {"parts": [], "users": [], "cats": [], "blobs": []})
+    numbers: dict[str, int] = field(default_factory=dict)  # "p:<partition>" / "u:<user>" / key -> row no
+    events: list[list[Any]] = field(default_factory=list)
     refs: list[tuple[int, int]] = field(default_factory=list)  # (partition, position in its list)
     slots: dict[str, int] = field(default_factory=dict)  # key -> KEYS index (1-based)
 
@@ -128,6 +164,16 @@ class _UserCall:
             self.keys.append(key)
             index = self.slots[key] = len(self.keys)
         return index
+
+    def add_row(self, table: str, name: str, row: list[Any]) -> int:
+        self.rows[table].append(row)
+        number = self.numbers[name] = len(self.rows[table])
+        return number
+
+
+def _with_cells(rows: list[list[Any]], cells: dict[int, list[int]]) -> list[list[Any]]:
+    """Rows whose last field is a tile blob number, with that number replaced by the blob's cells."""
+    return [[*row[:-1], cells.get(row[-1], [])] for row in rows]
 
 
 class UserBatchWriter(_Writer):
@@ -139,21 +185,20 @@ class UserBatchWriter(_Writer):
         super().__init__(client, settings)
         self.capacities = sequence_capacities(settings.lastn)
         self.plan = SlicePlan.from_settings(settings.bloom)
-        bloom_ttl_s = (self.plan.retention_ms + self.plan.slice_ms + settings.bloom.safety_ttl_days * MS_PER_DAY)
-        self._head: list[Any] = [
-            self._ttl_tiles, settings.stats.dedup_horizon_ms, self._ttl_dedup, self._ttl_guard,
-            *self.layout.lua_args(),
-            self.plan.retention_ms, self.plan.slice_ms, bloom_ttl_s // 1000,
-            ";".join(p.encode() for p in self.plan.table),
-            len(self.capacities),
-        ]
+        bloom_ttl_ms = self.plan.retention_ms + self.plan.slice_ms + settings.bloom.safety_ttl_days * MS_PER_DAY
+        caps: list[int] = []
         for etype, cap in self.capacities.items():
-            self._head += [_TYPE_INDEX[etype], cap]
+            caps += [_TYPE_INDEX[etype], cap]
+        self._head = _msgpack.encode([
+            self._ttl_tiles, settings.stats.dedup_horizon_ms, self._ttl_dedup, self._ttl_guard,
+            self.layout.lua_args(),
+            [self.plan.retention_ms, self.plan.slice_ms, bloom_ttl_ms // 1000,
+             ";".join(p.encode() for p in self.plan.table)],
+            caps,
+        ])
         item_hashes(["warm-up"])  # compile the hash loop (or load it from numba's cache) before the first batch
 
-    def _bloom_args(self, batch: Mapping[int, Sequence[Delivery]], watermarks: Mapping[int, int]) -> dict[
-        tuple[int, int], list[Any]
-    ]:
+    def _bloom_args(self, batch: Batch, watermarks: Mapping[int, int]) -> dict[tuple[int, int], list[Any]]:
         """(partition, position) -> [slice start, h1, h2, h3] of every impression still inside retention."""
         refs: list[tuple[int, int]] = []
         items: list[str] = []
@@ -173,57 +218,70 @@ class UserBatchWriter(_Writer):
         h1, h2, h3 = item_hashes(items, self.settings.bloom.hash_version).tolist()
         return {ref: [s, a, b, c] for ref, s, a, b, c in zip(refs, starts, h1, h2, h3, strict=True)}
 
-    def _user_no(self, call: _UserCall, user: str, types: set[str], has_bloom: bool) -> int:
-        number = call.users.get(user)
+    def _user_row(self, call: _Call, tiles: _Tiles, user: str, types: set[str], has_bloom: bool) -> int:
+        number = call.numbers.get("u:" + user)
         if number is None:
             keys, version = self.keys, self.settings.bloom.hash_version
-            tiles = call.slot(keys.stats("user", user))
-            bidx = call.slot(keys.bloom_index(user, version)) if has_bloom else 0
-            seq: list[Any] = []
+            seq: list[int] = []
             for etype in types:
                 if etype in self.capacities:
                     seq += [_TYPE_INDEX[etype], call.slot(keys.sequence(user, etype))]
-            call.user_args += [tiles, bidx, keys.slice_key_prefix(user, version), len(seq) // 2, *seq]
-            number = call.users[user] = len(call.users) + 1
+            row = [call.slot(keys.stats("user", user)),
+                   call.slot(keys.bloom_index(user, version)) if has_bloom else 0,
+                   keys.slice_key_prefix(user, version), seq, tiles.new_blob()]
+            number = call.add_row("users", "u:" + user, row)
         return number
 
-    def _plan(self, batch: Mapping[int, Sequence[Delivery]], watermarks: Mapping[int, int]) -> list[_UserCall]:
+    def _cat_row(self, call: _Call, tiles: _Tiles, user: str, category: str) -> int:
+        key = self.keys.stats("user_category", (user, category))
+        number = call.numbers.get(key)
+        if number is None:
+            number = call.add_row("cats", key, [call.slot(key), tiles.new_blob()])
+        return number
+
+    def _part_row(self, call: _Call, shard: int, p: int, watermarks: Mapping[int, int]) -> int:
+        number = call.numbers.get(f"p:{p}")
+        if number is None:
+            keys = self.keys
+            row = [p, call.slot(keys.dedup(shard, p)), call.slot(keys.dedup_times(shard, p)), watermarks.get(p, -1)]
+            number = call.add_row("parts", f"p:{p}", row)
+        return number
+
+    def _plan(self, batch: Batch, watermarks: Mapping[int, int]) -> tuple[list[_Call], _Tiles]:
         bloom = self._bloom_args(batch, watermarks)
         bloom_users = {batch[p][i].event.user_id for p, i in bloom}
         types: dict[str, set[str]] = {}
         for deliveries in batch.values():
             for d in deliveries:
                 types.setdefault(d.event.user_id, set()).add(d.event.type)
-        calls: dict[int, _UserCall] = {}
-        keys = self.keys
+        calls: dict[int, _Call] = {}
+        tiles = _Tiles()
+        keys, capacities = self.keys, self.capacities
         for p, deliveries in batch.items():
             for i, d in enumerate(deliveries):
                 ev = d.event
                 shard = keys.shard("user", ev.user_id)
                 call = calls.get(shard)
                 if call is None:
-                    call = calls[shard] = _UserCall([keys.applied("user", shard)])
-                part = call.parts.get(p)
-                if part is None:
-                    part = call.parts[p] = len(call.parts) + 1
-                    call.part_args += [p, call.slot(keys.dedup(shard, p)), call.slot(keys.dedup_times(shard, p)),
-                                       watermarks.get(p, -1)]
-                user = self._user_no(call, ev.user_id, types[ev.user_id], ev.user_id in bloom_users)
-                cat = d.category
-                cat_key = call.slot(keys.stats("user_category", (ev.user_id, cat))) if (
-                    cat is not None and not d.stats_late) else 0
-                member = encode_member(ev.event_id, ev.item_id, cat, d.author_id) if ev.type in self.capacities \
-                    else b""
-                call.events += [part, d.offset, d.index, ev.event_id, _TYPE_INDEX[ev.type], ev.ts,
-                                int(d.stats_late), user, cat_key, member, *bloom.get((p, i), ("", "", "", ""))]
+                    call = calls[shard] = _Call([keys.applied("user", shard)])
+                part = self._part_row(call, shard, p, watermarks)
+                user = self._user_row(call, tiles, ev.user_id, types[ev.user_id], ev.user_id in bloom_users)
+                t = _TYPE_INDEX[ev.type]
+                cat = 0
+                if not d.stats_late:
+                    tiles.add(call.rows["users"][user - 1][-1], ev.ts, t)
+                    if d.category is not None:
+                        cat = self._cat_row(call, tiles, ev.user_id, d.category)
+                        tiles.add(call.rows["cats"][cat - 1][-1], ev.ts, t)
+                member = encode_member(ev.event_id, ev.item_id, d.category, d.author_id) if ev.type in capacities \
+                    else ""
+                row = [part, d.offset, d.index, ev.event_id, t, ev.ts, int(d.stats_late), user, cat, member]
+                extra = bloom.get((p, i))
+                call.events.append(row if extra is None else row + extra)
                 call.refs.append((p, i))
-        return list(calls.values())
+        return list(calls.values()), tiles
 
-    def _args(self, call: _UserCall) -> list[Any]:
-        return [*self._head, len(call.parts), *call.part_args, len(call.users), *call.user_args,
-                len(call.refs), *call.events]
-
-    def write(self, batch: Mapping[int, Sequence[Delivery]], watermarks: Mapping[int, int]) -> UserWriteResult:
+    def write(self, batch: Batch, watermarks: Mapping[int, int]) -> UserWriteResult:
         """Apply ``partition -> deliveries`` (each list in source-position order) in one pipeline.
 
         ``watermarks`` are the partitions' event-time watermarks after the batch (they expire Bloom
@@ -231,11 +289,15 @@ class UserBatchWriter(_Writer):
         nothing. Raises :class:`~infra.errors.StateError` if a script fails; connection errors propagate
         (retry the whole batch).
         """
-        calls = self._plan(batch, watermarks)
+        calls, tiles = self._plan(batch, watermarks)
+        cells = tiles.cells(self.layout)
+        script_calls: list[Call] = []
+        for c in calls:
+            body = [c.rows["parts"], _with_cells(c.rows["users"], cells), _with_cells(c.rows["cats"], cells),
+                    c.events]
+            script_calls.append((c.keys, [self._head, _msgpack.encode(body)]))
         res = UserWriteResult(statuses={p: [""] * len(ds) for p, ds in batch.items()}, calls=len(calls))
-        script_calls: list[Call] = [(c.keys, self._args(c)) for c in calls]
-        replies = self.script.run(self.client, script_calls) if calls else []
-        for call, reply in zip(calls, replies, strict=True):
+        for call, reply in zip(calls, self.script.run(self.client, script_calls) if calls else [], strict=True):
             for (p, i), st in zip(call.refs, reply[0].decode(), strict=True):
                 res.statuses[p][i] = st
             res.bloom_added += int(reply[1])
@@ -245,66 +307,68 @@ class UserBatchWriter(_Writer):
                 action = EVENT_TYPES[int(rest[k])]
                 res.appended[action] = res.appended.get(action, 0) + int(rest[k + 1])
                 res.trimmed[action] = res.trimmed.get(action, 0) + int(rest[k + 2])
-        for p, deliveries in batch.items():
-            for d, st in zip(deliveries, res.statuses[p], strict=True):
-                if st == "A" and not d.stats_late:
-                    res.tile_updates["user"] = res.tile_updates.get("user", 0) + 1
-                    if d.category is not None:
-                        res.tile_updates["user_category"] = res.tile_updates.get("user_category", 0) + 1
         return res
 
 
 class EntityBatchWriter(_Writer):
-    """Applies forwarded first deliveries to item or author tiles, one call per shard, guarded per
-    (source partition, repartition partition)."""
+    """Applies first deliveries to item and author tiles, one call per shard, guarded per source partition."""
 
     script_names = ("tiles_lib.lua", "entity_batch.lua")
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         super().__init__(client, settings)
-        self._head = [self._ttl_tiles, self._ttl_guard, *self.layout.lua_args()]
+        self._head = _msgpack.encode([self._ttl_tiles, self._ttl_guard, self.layout.lua_args()])
 
-    def _plan(
-        self, kind: Literal["item", "author"], deliveries: Sequence[tuple[int, ForwardedDelivery]]
-    ) -> tuple[list[Call], int]:
-        if kind not in ("item", "author"):
-            msg = f"kind must be 'item' or 'author', not {kind!r}"
-            raise ValueError(msg)
-        by_shard: dict[int, tuple[list[str], dict[str, int], list[Any]]] = {}
+    def _plan(self, kind: Literal["item", "author"], firsts: Batch, tiles: _Tiles) -> tuple[list[_Call], int]:
+        calls: dict[int, _Call] = {}
         no_entity = 0
         keys = self.keys
-        for via, d in deliveries:
-            entity = d.event.item_id if kind == "item" else d.author_id
-            if entity is None:
-                no_entity += 1
-                continue
-            shard = keys.shard(kind, entity)
-            group = by_shard.get(shard)
-            if group is None:
-                group = by_shard[shard] = ([keys.applied(kind, shard)], {}, [])
-            script_keys, slots, events = group
-            blob = keys.stats(kind, entity)
-            slot = slots.get(blob)
-            if slot is None:
-                script_keys.append(blob)
-                slot = slots[blob] = len(script_keys)
-            events += [f"{d.source_partition}.{via}", d.source_offset, d.source_index, _TYPE_INDEX[d.event.type],
-                       d.event.ts, int(d.stats_late), slot]
-        calls: list[Call] = [(ks, [*self._head, len(evs) // 7, *evs]) for ks, _, evs in by_shard.values()]
-        return calls, no_entity
+        for p, deliveries in firsts.items():
+            field_name = str(p)
+            for d in deliveries:
+                entity = d.event.item_id if kind == "item" else d.author_id
+                if entity is None:
+                    no_entity += 1
+                    continue
+                shard = keys.shard(kind, entity)
+                call = calls.get(shard)
+                if call is None:
+                    call = calls[shard] = _Call([keys.applied(kind, shard)])
+                blob = keys.stats(kind, entity)
+                number = call.numbers.get(blob)
+                if number is None:
+                    number = call.add_row("blobs", blob, [call.slot(blob), tiles.new_blob()])
+                t = _TYPE_INDEX[d.event.type]
+                if not d.stats_late:
+                    tiles.add(call.rows["blobs"][number - 1][-1], d.event.ts, t)
+                call.events.append([field_name, d.offset, d.index, t, d.event.ts, int(d.stats_late), number])
+        return list(calls.values()), no_entity
 
-    def write(
-        self, kind: Literal["item", "author"], deliveries: Sequence[tuple[int, ForwardedDelivery]]
-    ) -> EntityWriteResult:
-        """Apply ``(repartition partition, forwarded delivery)`` pairs to ``kind`` tiles (deliveries
-        without an author are skipped for ``author``). Idempotent under replays: the guard of a shard
-        remembers the newest source position per (source partition, repartition partition), the unit in
-        which Kafka keeps order."""
-        calls, no_entity = self._plan(kind, deliveries)
-        res = EntityWriteResult(kind, no_entity=no_entity, calls=len(calls))
-        for reply in self.script.run(self.client, calls) if calls else []:
-            statuses = reply.decode()
-            res.applied += statuses.count("A")
-            res.late += statuses.count("L")
-            res.replayed += statuses.count("R")
-        return res
+    def write(self, firsts: Batch, kinds: Sequence[Literal["item", "author"]] = ("item", "author")) -> list[
+        EntityWriteResult
+    ]:
+        """Apply the first deliveries of a batch (``partition -> deliveries`` in source order) to the
+        ``kinds`` tiles in one pipeline (deliveries without an author are skipped for ``author``).
+
+        Idempotent under replays: a shard's guard remembers the newest source position per source
+        partition, and one worker applies a partition's batches in order.
+        """
+        tiles = _Tiles()
+        planned = [(kind, *self._plan(kind, firsts, tiles)) for kind in kinds]
+        cells = tiles.cells(self.layout)
+        script_calls: list[Call] = []
+        for _, calls, _ in planned:
+            for c in calls:
+                body = [_with_cells(c.rows["blobs"], cells), c.events]
+                script_calls.append((c.keys, [self._head, _msgpack.encode(body)]))
+        replies = iter(self.script.run(self.client, script_calls) if script_calls else [])
+        results = []
+        for kind, calls, no_entity in planned:
+            res = EntityWriteResult(kind, no_entity=no_entity, calls=len(calls))
+            for _ in calls:
+                statuses = next(replies).decode()
+                res.applied += statuses.count("A")
+                res.late += statuses.count("L")
+                res.replayed += statuses.count("R")
+            results.append(res)
+        return results

@@ -1,22 +1,25 @@
--- entity_batch.lua: the tile updates of one item or author shard from a batch of forwarded first
--- deliveries, applied exactly once per source partition and position (docs/architecture.md,
--- docs/statistics.md). Called by stream.writers.EntityBatchWriter; tiles_lib.lua is prepended.
+-- entity_batch.lua: the tile updates of one item or author shard from a batch's first deliveries,
+-- applied exactly once per source position (docs/architecture.md, docs/statistics.md).
+-- Called by stream.writers.EntityBatchWriter after user_batch.lua; tiles_lib.lua is prepended.
 --
 -- KEYS: 1 the shard's replay guard hash (field = source partition, value = "offset:index"),
 --       then the tile blob of every entity of the shard in the batch
--- ARGV: ttl tiles ms, ttl guard ms,
---       tile layout: fingerprint, nbytes, n_rings, (tile ms, slots, word offset) * n_rings,
---       n_events, (source partition, source offset, source index, type index, ts, stats_late 0/1,
---                  tile blob KEYS index) * n
+-- ARGV[1] (msgpack, the writer's constants): { ttl tiles ms, ttl guard ms, tile layout }
+-- ARGV[2] (msgpack, the batch): { entities, events }
+--   entities: { { tile blob KEYS index, tile cells }, ... }  (cells pre-aggregated over the non-late events)
+--   events:   { { guard field, source offset, source index, type index, ts, stats_late 0/1, entity no }, ... }
 -- Returns: statuses, one character per event: A applied to the tiles, L applied but late (guard only),
---   R skipped by the replay guard.
+--   R skipped by the replay guard (and taken back from the pre-aggregated cells).
 
-local ttl_tiles, ttl_guard = num(), num()
-local layout = read_layout(ttl_tiles)
+local H = cmsgpack.unpack(ARGV[1])
+local ttl_guard = H[2]
+local layout = read_layout(H[3], H[1])
+local A = cmsgpack.unpack(ARGV[2])
+local entities, ev = A[1], A[2]
 
-local guards, top, status, aggs = {}, {}, {}, {}
-for i = 1, num() do
-  local p, off, idx, t, ts, late, k = nxt(), num(), num(), num(), num(), nxt() == '1', num()
+local guards, top, status = {}, {}, {}
+for i, e in ipairs(ev) do
+  local p, off, idx = e[1], e[2], e[3]
   if guards[p] == nil then
     local g = redis.call('HGET', KEYS[1], p)
     local o, x = -1, -1
@@ -28,23 +31,17 @@ for i = 1, num() do
     top[p] = { o, x }
   end
   local tp = top[p]
-  -- a source partition arrives in position order: anything at or below the newest applied is a copy
+  -- a source partition arrives in position order (one worker, in order): at or below the newest is a copy
   if off < tp[1] or (off == tp[1] and idx <= tp[2]) then
     status[i] = 'R'
+    if e[6] == 0 then tile_sub(layout, entities[e[7]][2], e[5], e[4]) end
   else
     top[p] = { off, idx }
-    if late then
-      status[i] = 'L'
-    else
-      status[i] = 'A'
-      local agg = aggs[k]
-      if not agg then agg = {}; aggs[k] = agg end
-      tile_add(layout, agg, ts, t)
-    end
+    status[i] = (e[6] == 1) and 'L' or 'A'
   end
 end
 
-for k, agg in pairs(aggs) do tile_apply(layout, KEYS[k], agg) end
+for _, x in ipairs(entities) do tile_apply(layout, KEYS[x[1]], x[2]) end
 
 local fields = {}
 for p, t in pairs(top) do

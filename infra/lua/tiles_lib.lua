@@ -1,45 +1,44 @@
--- tiles_lib.lua: the ARGV reader and the tile-ring code shared by user_batch.lua and entity_batch.lua.
--- infra.lua.Script prepends this file to each of them (Redis scripts cannot import).
+-- tiles_lib.lua: the tile-ring code shared by user_batch.lua and entity_batch.lua; infra.lua.Script
+-- prepends this file to each of them (Redis scripts cannot import).
 --
 -- A layout is { fp = fingerprint, nbytes = blob size, rings = { {tile, slots, word}... }, ttl = ms }.
+-- Cells come pre-aggregated from Python (filters.tiles.TileAggregate.flat): a flat list of
+-- ring (1-based), slot, tile, counter 1..6 — 9 numbers per cell, the newest tile of each slot.
 
-local pos = 0
-local function nxt() pos = pos + 1; return ARGV[pos] end
-local function num() return tonumber(nxt()) end
-
--- ARGV: fingerprint, nbytes, n_rings, (tile ms, slots, word offset) * n_rings
-local function read_layout(ttl_tiles)
-  local layout = { fp = num(), nbytes = num(), rings = {}, ttl = ttl_tiles }
-  for r = 1, num() do layout.rings[r] = { tile = num(), slots = num(), word = num() } end
+-- L = { fingerprint, nbytes, { {tile ms, slots, word offset}, ... } } (filters.tiles.TileLayout.lua_args)
+local function read_layout(L, ttl_tiles)
+  local layout = { fp = L[1], nbytes = L[2], rings = {}, ttl = ttl_tiles }
+  for r, ring in ipairs(L[3]) do layout.rings[r] = { tile = ring[1], slots = ring[2], word = ring[3] } end
   return layout
 end
 
-local function tile_add(layout, agg, ts, counter)
+-- take back one event that Python counted but the guard or the dedup refused
+local function tile_sub(layout, cells, ts, counter)
   for r, ring in ipairs(layout.rings) do
     local tile = math.floor(ts / ring.tile)
     local slot = tile % ring.slots
-    local byslot = agg[r]
-    if not byslot then byslot = {}; agg[r] = byslot end
-    local cell = byslot[slot]
-    if not cell or cell.tile < tile then
-      cell = { tile = tile, c = { 0, 0, 0, 0, 0, 0 } }; byslot[slot] = cell
+    for i = 1, #cells, 9 do
+      if cells[i] == r and cells[i + 1] == slot then
+        if cells[i + 2] == tile then cells[i + 3 + counter] = cells[i + 3 + counter] - 1 end
+        break
+      end
     end
-    if cell.tile == tile then cell.c[counter + 1] = cell.c[counter + 1] + 1 end
   end
 end
 
-local function tile_apply(layout, key, agg)
-  local get, cells = { 'GET', 'u32', 0 }, {}
-  for r, byslot in pairs(agg) do
-    local ring = layout.rings[r]
-    for slot, cell in pairs(byslot) do
-      cell.bit = (ring.word + slot * 7) * 32
-      cell.coarse = (r == #layout.rings)
-      cells[#cells + 1] = cell
-      get[#get + 1] = 'GET'; get[#get + 1] = 'u32'; get[#get + 1] = cell.bit
+local function tile_apply(layout, key, cells)
+  local get, live = { 'GET', 'u32', 0 }, {}
+  for i = 1, #cells, 9 do
+    local any = false
+    for k = 3, 8 do if cells[i + k] > 0 then any = true; break end end
+    if any then  -- a cell whose events were all taken back writes nothing, as if never sent
+      local ring = layout.rings[cells[i]]
+      local bit = (ring.word + cells[i + 1] * 7) * 32
+      live[#live + 1] = i
+      get[#get + 1] = 'GET'; get[#get + 1] = 'u32'; get[#get + 1] = bit
     end
   end
-  if #cells == 0 then return end
+  if #live == 0 then return end
   local cur = redis.call('BITFIELD', key, unpack(get))
   local fresh = cur[1] ~= layout.fp
   local ops = { 'OVERFLOW', 'SAT' }
@@ -51,17 +50,19 @@ local function tile_apply(layout, key, agg)
     redis.call('SETRANGE', key, layout.nbytes - 1, '\0')
     op('SET', 0, layout.fp)
   end
-  local renew = false
-  for i, cell in ipairs(cells) do
-    local epoch = fresh and 0 or cur[i + 1]
-    if cell.coarse and epoch < cell.tile + 1 then renew = true end
-    if epoch == cell.tile + 1 then
+  local renew, coarse = false, #layout.rings
+  for n, i in ipairs(live) do
+    local epoch = fresh and 0 or cur[n + 1]
+    local tile = cells[i + 2]
+    local bit = get[3 * n + 3]
+    if epoch == tile + 1 then
       for k = 1, 6 do
-        if cell.c[k] > 0 then op('INCRBY', cell.bit + 32 * k, cell.c[k]) end
+        if cells[i + 2 + k] > 0 then op('INCRBY', bit + 32 * k, cells[i + 2 + k]) end
       end
-    elseif epoch < cell.tile + 1 then
-      op('SET', cell.bit, cell.tile + 1)
-      for k = 1, 6 do op('SET', cell.bit + 32 * k, cell.c[k]) end
+    elseif epoch < tile + 1 then
+      if cells[i] == coarse then renew = true end
+      op('SET', bit, tile + 1)
+      for k = 1, 6 do op('SET', bit + 32 * k, cells[i + 2 + k]) end
     end
   end
   if #ops > 2 then redis.call('BITFIELD', key, unpack(ops)) end

@@ -5,18 +5,21 @@
 -- KEYS: 1 the shard's replay guard hash (field = source partition, value = "offset:index"),
 --       then per source partition its dedup hash and dedup-times zset, then per user its tile blob,
 --       Bloom index hash (if it has impressions), sequence zsets and user x category tile blobs.
---       ARGV refers to keys by their KEYS index. Bloom sub-slice bitmaps are <prefix><start>:<sub>,
---       in the same slot (same hash tag) as the user's Bloom index.
--- ARGV: ttl tiles ms, dedup horizon ms, ttl dedup ms, ttl guard ms,
---       tile layout: fingerprint, nbytes, n_rings, (tile ms, slots, word offset) * n_rings,
---       Bloom: retention ms, slice ms, key ttl s, sub-slice table "m,k,cap;m,k,cap;...",
---       n_seq, (type index, capacity) * n_seq,
---       n_parts, (partition, dedup KEYS index, dedup-times KEYS index, watermark ms) * n_parts,
---       n_users, (tile KEYS index, Bloom index KEYS index or 0, slice key prefix, n,
---                 (type index, sequence KEYS index) * n) * n_users,
---       n_events, (part no, offset, index, event_id, type index, ts, stats_late 0/1, user no,
---                  user x category KEYS index or 0, sequence member or '', slice start or '', h1, h2, h3) * n
--- Returns { statuses, bloom items added, Bloom slices deleted, (type index, appended, trimmed) * types }
+--       The arguments refer to keys by their KEYS index. Bloom sub-slice bitmaps are
+--       <prefix><start>:<sub>, in the same slot (same hash tag) as the user's Bloom index.
+-- ARGV[1] (msgpack, the writer's constants): { ttl tiles ms, dedup horizon ms, ttl dedup ms, ttl guard ms,
+--         tile layout, { retention ms, slice ms, key ttl s, sub-slice table "m,k,cap;..." },
+--         { type index, capacity, ... } }
+-- ARGV[2] (msgpack, the batch): { parts, users, cats, events }
+--   parts:  { { partition, dedup KEYS index, dedup-times KEYS index, watermark ms }, ... }
+--   users:  { { tile KEYS index, Bloom index KEYS index or 0, slice key prefix, { type, KEYS index, ... },
+--               tile cells }, ... }
+--   cats:   { { tile KEYS index, tile cells }, ... }          (user x category blobs)
+--   events: { { part no, offset, index, event_id, type index, ts, stats_late 0/1, user no, cat no or 0,
+--               sequence member or '' [, slice start, h1, h2, h3 for impressions] }, ... }
+--   Tile cells are pre-aggregated over every non-late event (filters.tiles.TileAggregate); the script
+--   takes back the events the guard or the dedup refuses.
+-- Returns { statuses, Bloom items added, Bloom slices deleted, (type index, appended, trimmed) * types }
 --   statuses: one character per event, A applied (first delivery), D duplicate, R replay of a first
 --   delivery, r replay of a duplicate (or of an event beyond the dedup horizon).
 
@@ -29,30 +32,30 @@ local function chunked(cmd, key, list)
   return total
 end
 
-local ttl_tiles, horizon, ttl_dedup, ttl_guard = num(), num(), num(), num()
-local layout = read_layout(ttl_tiles)
-local bloom = { retention = num(), slice = num(), ttl = num(), table = nxt() }
+local H = cmsgpack.unpack(ARGV[1])
+local ttl_tiles, horizon, ttl_dedup, ttl_guard = H[1], H[2], H[3], H[4]
+local layout = read_layout(H[5], ttl_tiles)
+local bloom = { retention = H[6][1], slice = H[6][2], ttl = H[6][3], table = H[6][4] }
 local seq_cap = {}
-for _ = 1, num() do local t = num(); seq_cap[t] = num() end
+for i = 1, #H[7], 2 do seq_cap[H[7][i]] = H[7][i + 1] end
 
-local parts = {}
-for p = 1, num() do
-  parts[p] = { field = nxt(), dd = KEYS[num()], ddt = KEYS[num()], wm = num(), ids = {}, evs = {} }
+local A = cmsgpack.unpack(ARGV[2])
+local parts, users, cats, ev = {}, {}, {}, A[4]
+for p, x in ipairs(A[1]) do
+  parts[p] = { field = x[1], dd = KEYS[x[2]], ddt = KEYS[x[3]], wm = x[4], ids = {}, evs = {} }
 end
-local users = {}
-for u = 1, num() do
-  local usr = { tiles = KEYS[num()], bidx = num(), prefix = nxt(), seq = {}, adds = {}, agg = {} }
-  usr.bidx = usr.bidx > 0 and KEYS[usr.bidx] or nil
-  for _ = 1, num() do local t = num(); usr.seq[t] = KEYS[num()] end
+for u, x in ipairs(A[2]) do
+  local usr = { tiles = KEYS[x[1]], bidx = x[2] > 0 and KEYS[x[2]] or nil, prefix = x[3], seq = {},
+                adds = {}, cells = x[5] }
+  for i = 1, #x[4], 2 do usr.seq[x[4][i]] = KEYS[x[4][i + 1]] end
   users[u] = usr
 end
-local ev = {}
-for i = 1, num() do
-  local e = { p = num(), off = nxt(), idx = nxt(), id = nxt(), t = num(), ts = num(), late = nxt() == '1',
-              u = num(), cat = num(), m = nxt(), s = nxt(), h1 = num(), h2 = num(), h3 = num() }
-  ev[i] = e
-  local part = parts[e.p]
-  part.ids[#part.ids + 1] = e.id
+for c, x in ipairs(A[3]) do cats[c] = { key = KEYS[x[1]], cells = x[2] } end
+-- event fields, by position
+local P, OFF, IDX, ID, T, TS, LATE, U, CAT, M, S, H1, H2, H3 = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14
+for i, e in ipairs(ev) do
+  local part = parts[e[P]]
+  part.ids[#part.ids + 1] = e[ID]
   part.evs[#part.evs + 1] = i
 end
 
@@ -81,10 +84,10 @@ end
 
 local function in_sequence(e)
   -- beyond the dedup horizon: look for the event id among the entries with the same score
-  local key = users[e.u].seq[e.t]
+  local key = users[e[U]].seq[e[T]]
   if not key then return false end
-  local prefix = e.id .. '\0'
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, e.ts, e.ts)) do
+  local prefix = e[ID] .. '\0'
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, e[TS], e[TS])) do
     if string.sub(m, 1, #prefix) == prefix then return true end
   end
   return false
@@ -92,11 +95,10 @@ end
 
 local status = {}
 local seq_adds = {}  -- sequence key -> { type, list of score/member }
-local cat_agg = {}   -- user x category KEYS index -> tile aggregate
 for i, e in ipairs(ev) do
-  local part = parts[e.p]
-  local off, idx = tonumber(e.off), tonumber(e.idx)
-  local here = e.off .. ':' .. e.idx
+  local part = parts[e[P]]
+  local off, idx, id = e[OFF], e[IDX], e[ID]
+  local here = string.format('%d:%d', off, idx)
   if off > part.top_off or (off == part.top_off and idx > part.top_idx) then
     part.top_off, part.top_idx = off, idx
   end
@@ -104,34 +106,30 @@ for i, e in ipairs(ev) do
     -- first iff its dedup entry names this position; an entry gone beyond the dedup horizon is an
     -- event older than the watermark, whose forward could not change any count: not first
     status[i] = (part.stored[i] == here) and 'R' or 'r'
-  elseif part.seen[e.id] or part.stored[i] or (part.old_cut and e.ts < part.old_cut and in_sequence(e)) then
+  elseif part.seen[id] or part.stored[i] or (part.old_cut and e[TS] < part.old_cut and in_sequence(e)) then
     status[i] = 'D'
   else
     status[i] = 'A'
-    part.seen[e.id] = true
+    part.seen[id] = true
     local dd, ddt = part.dd_new, part.ddt_new
-    dd[#dd + 1] = e.id; dd[#dd + 1] = here
-    ddt[#ddt + 1] = e.ts; ddt[#ddt + 1] = e.id
-    if not part.newest or e.ts > part.newest then part.newest = e.ts end
-    local usr = users[e.u]
-    local key = usr.seq[e.t]
+    dd[#dd + 1] = id; dd[#dd + 1] = here
+    ddt[#ddt + 1] = e[TS]; ddt[#ddt + 1] = id
+    if not part.newest or e[TS] > part.newest then part.newest = e[TS] end
+    local usr = users[e[U]]
+    local key = usr.seq[e[T]]
     if key then
       local a = seq_adds[key]
-      if not a then a = { t = e.t, list = {} }; seq_adds[key] = a end
-      a.list[#a.list + 1] = e.ts; a.list[#a.list + 1] = e.m
+      if not a then a = { t = e[T], list = {} }; seq_adds[key] = a end
+      a.list[#a.list + 1] = e[TS]; a.list[#a.list + 1] = e[M]
     end
-    if e.s ~= '' then
-      usr.adds[#usr.adds + 1] = { s = e.s, h1 = e.h1, h2 = e.h2, h3 = e.h3 }
+    if e[S] then
+      usr.adds[#usr.adds + 1] = { s = e[S], h1 = e[H1], h2 = e[H2], h3 = e[H3] }
       usr.wm = part.wm
     end
-    if not e.late then
-      tile_add(layout, usr.agg, e.ts, e.t)
-      if e.cat > 0 then
-        local agg = cat_agg[e.cat]
-        if not agg then agg = {}; cat_agg[e.cat] = agg end
-        tile_add(layout, agg, e.ts, e.t)
-      end
-    end
+  end
+  if status[i] ~= 'A' and e[LATE] == 0 then
+    tile_sub(layout, users[e[U]].cells, e[TS], e[T])
+    if e[CAT] > 0 then tile_sub(layout, cats[e[CAT]].cells, e[TS], e[T]) end
   end
 end
 
@@ -171,8 +169,8 @@ for key, a in pairs(seq_adds) do
 end
 
 -- statistics
-for _, usr in ipairs(users) do tile_apply(layout, usr.tiles, usr.agg) end
-for k, agg in pairs(cat_agg) do tile_apply(layout, KEYS[k], agg) end
+for _, usr in ipairs(users) do tile_apply(layout, usr.tiles, usr.cells) end
+for _, cat in ipairs(cats) do tile_apply(layout, cat.key, cat.cells) end
 
 -- exposure filters
 local bloom_added, bloom_deleted = 0, 0

@@ -1,7 +1,7 @@
 """Feature writers and readers against the real Redis: reference streams, replays, duplicates.
 
 A simulated worker pushes seeded random streams (out of order, late, duplicated, replayed after
-"crashes") through UserBatchWriter -> forwards -> EntityBatchWriter; the served sequences and counts
+"crashes") through UserBatchWriter -> first deliveries -> EntityBatchWriter; the served sequences and counts
 must equal a brute-force reference computed from the raw deliveries.
 """
 
@@ -23,7 +23,7 @@ from infra.keys import ENTITY_KINDS, KeyLayout
 from infra.settings import Settings
 from serving.sequences import SequenceReader
 from serving.stats import StatsReader
-from stream.deliveries import Delivery, ForwardedDelivery
+from stream.deliveries import Delivery
 from stream.writers import EntityBatchWriter, UserBatchWriter
 
 pytestmark = pytest.mark.integration
@@ -71,9 +71,9 @@ class Written:
     def first(self) -> list[bool]:
         return [st in "AR" for st in self.statuses]
 
-    def forwards(self, via: int = 0) -> list[tuple[int, ForwardedDelivery]]:
-        """The first deliveries as the entity stage gets them, all through repartition partition ``via``."""
-        return [(via, d.forwarded(self.partition)) for d, f in zip(self.deliveries, self.first, strict=True) if f]
+    def firsts(self) -> dict[int, list[Delivery]]:
+        """The first deliveries, as the entity writer gets them."""
+        return {self.partition: [d for d, f in zip(self.deliveries, self.first, strict=True) if f]}
 
 
 def write(users: UserBatchWriter, p: int, deliveries: list[Delivery]) -> Written:
@@ -145,9 +145,8 @@ class World:
         return w
 
     def run(self, users: UserBatchWriter, entities: EntityBatchWriter, rng: random.Random) -> None:
-        """Batches per partition with crash-replays (a batch restarting before the last one's end);
-        forwards go to the entity stage in random-size groups, in source order per partition."""
-        pending: list[tuple[int, ForwardedDelivery]] = []
+        """Batches per partition with crash-replays (a batch restarting before the last one's end); the
+        first deliveries go to the entity writer right after (sometimes twice: a crash between the two)."""
         cursors = dict.fromkeys(self.parts, 0)
         while any(cursors[p] < len(self.parts[p]) for p in cursors):
             p = rng.choice([p for p in cursors if cursors[p] < len(self.parts[p])])
@@ -159,15 +158,10 @@ class World:
             cursors[p] = end
             for name in ("applied", "replayed", "duplicates", "late"):
                 self.totals[name] += getattr(result, name)
-            pending += result.forwards()
-            if rng.random() < 0.5:
-                entities.write("item", pending)
-                if rng.random() < 0.3:  # the author stage retries its batch
-                    entities.write("author", pending[: rng.randrange(len(pending) + 1)])
-                entities.write("author", pending)
-                pending = []
-        entities.write("item", pending)
-        entities.write("author", pending)
+            firsts = result.firsts()
+            if rng.random() < 0.3:  # a crash after the item shards, before the author shards
+                entities.write(firsts, kinds=("item",))
+            entities.write(firsts)
 
     def counted(self) -> list[Delivery]:
         return [d for d in self.first.values() if not d.stats_late]
@@ -255,8 +249,7 @@ def test_replaying_everything_changes_nothing(r: redis.Redis, settings: Settings
         for k in range(0, len(deliveries), 37):  # different batch boundaries than the first run
             res = write(users, p, deliveries[k : k + 37])
             assert res.applied == res.duplicates == 0 and res.replayed == len(deliveries[k : k + 37])
-            assert ents.write("item", res.forwards()).applied == 0
-            assert ents.write("author", res.forwards()).applied == 0
+            assert [r.applied for r in ents.write(res.firsts())] == [0, 0]
     assert snapshot(r) == before
 
 
@@ -269,8 +262,8 @@ def test_duplicates_with_different_offsets_count_once(r: redis.Redis, settings: 
     assert first.first == [True, True, False] and first.duplicates == 1 and first.applied == 2
     again = write(users, 0, [Delivery(5, ev), Delivery(9, ev, category="food", author_id="a1")])
     assert again.first == [False, False] and again.replayed == 1 and again.duplicates == 1
-    ents.write("item", first.forwards() + again.forwards())
-    ents.write("author", first.forwards() + again.forwards())
+    ents.write(first.firsts())
+    ents.write(again.firsts())
     assert [e.event_id for e in SequenceReader(r, settings).last_n("u9", "like")] == ["x", "dup"]
     stats = StatsReader(r, settings)
     expected = [("user", "u9", 2.0), ("user_category", ("u9", "food"), 1.0), ("item", "i1", 1.0),
@@ -320,10 +313,10 @@ def test_lua_tiles_match_the_pure_model(r: redis.Redis, settings: Settings) -> N
         for _ in range(rng.randrange(1, 40)):
             ev = Event(event_id=f"e{offset}", type=rng.choice(EVENT_TYPES), user_id="u", item_id="it",
                        ts=T0 + rng.randrange(-45 * D, 2 * D))
-            batch.append((0, ForwardedDelivery(rng.randrange(3), offset, 0, ev, rng.random() < 0.1)))
+            batch.append(Delivery(offset, ev, rng.random() < 0.1))
             offset += 1
-        ents.write("item", batch)
-        apply_events(words, layout, [(d.event.ts, TYPE[d.event.type]) for _, d in batch if not d.stats_late])
+        ents.write({rng.randrange(3): batch}, kinds=("item",))
+        apply_events(words, layout, [(d.event.ts, TYPE[d.event.type]) for d in batch if not d.stats_late])
         assert r.get(keys.stats("item", "it")) == encode_words(words)
 
 
@@ -333,7 +326,7 @@ def test_foreign_blob_is_reset_and_noscript_is_recovered(r: redis.Redis, setting
     r.script_flush()
     ents = EntityBatchWriter(r, settings)
     ev = Event(event_id="e", type="click", user_id="u", item_id="i1", ts=T0 - 1)
-    assert ents.write("item", [(0, ForwardedDelivery(0, 0, 0, ev))]).applied == 1
+    assert ents.write({0: [Delivery(0, ev)]}, kinds=("item",))[0].applied == 1
     counts = StatsReader(r, settings).stats("item", "i1", at=T0)
     assert {w: c["click"] for w, c in counts.items()} == {"1h": 1.0, "1d": 1.0, "7d": 1.0, "30d": 1.0}
     assert r.strlen(keys.stats("item", "i1")) == TileLayout.from_settings(settings.stats).nbytes
@@ -383,18 +376,18 @@ def same_shard_items(keys: KeyLayout, n: int) -> list[str]:
         k += 1
 
 
-def test_a_shard_fed_through_two_repartition_partitions_counts_both(r: redis.Redis, settings: Settings) -> None:
-    """Items of one shard sit on different repartition partitions, consumed in any order: the guard
-    is per (source partition, repartition partition), so a later source offset read first through one
-    repartition partition never hides an earlier one read later through another."""
+def test_a_shard_fed_by_two_source_partitions_counts_both(r: redis.Redis, settings: Settings) -> None:
+    """Items of one shard get events from several source partitions, applied by different workers in
+    any interleaving: the guard is per source partition, so a high offset of one partition never hides
+    a lower offset of another."""
     keys = KeyLayout(settings.redis.shards)
     a, b = same_shard_items(keys, 2)
     ents = EntityBatchWriter(r, settings)
     ev_a = Event(event_id="ea", type="click", user_id="u", item_id=a, ts=T0 - 2)
-    ev_b = Event(event_id="eb", type="click", user_id="u", item_id=b, ts=T0 - 1)
-    assert ents.write("item", [(2, ForwardedDelivery(0, 11, 0, ev_b))]).applied == 1
-    assert ents.write("item", [(1, ForwardedDelivery(0, 10, 0, ev_a))]).applied == 1
-    assert ents.write("item", [(1, ForwardedDelivery(0, 10, 0, ev_a))]).replayed == 1
+    ev_b = Event(event_id="eb", type="click", user_id="v", item_id=b, ts=T0 - 1)
+    assert ents.write({2: [Delivery(900, ev_b)]}, kinds=("item",))[0].applied == 1
+    assert ents.write({1: [Delivery(10, ev_a)]}, kinds=("item",))[0].applied == 1
+    assert ents.write({1: [Delivery(10, ev_a)]}, kinds=("item",))[0].replayed == 1
     stats = StatsReader(r, settings)
     assert [stats.stats("item", i, windows=["1h"], at=T0)["1h"]["click"] for i in (a, b)] == [1.0, 1.0]
 

@@ -96,7 +96,7 @@ ident = st.text(
 
 @given(ident, ident, st.none() | ident, st.none() | ident, st.integers(0, 10**13 - 1))
 def test_member_round_trip(eid: str, item: str, cat: str | None, author: str | None, ts: int) -> None:
-    assert decode_member(encode_member(eid, item, cat, author), ts) == Entry(item, ts, cat, author, eid)
+    assert decode_member(encode_member(eid, item, cat, author).encode(), ts) == Entry(item, ts, cat, author, eid)
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), ident, ident), min_size=1, max_size=30,
