@@ -1,9 +1,7 @@
 """Create recstream's Kafka topics up front (the broker runs with ``auto.create.topics.enable=false``).
 
->>> [(s.name, s.config) for s in topic_specs(Settings())][:3]
+>>> [(s.name, s.config) for s in topic_specs(Settings())]
 [('recstream-events', {}), ('recstream-dlq', {}), ('recstream-items', {'cleanup.policy': 'compact'})]
->>> [s.name for s in topic_specs(Settings())][3:]
-['recstream-by-item', 'recstream-by-author']
 """
 
 from __future__ import annotations

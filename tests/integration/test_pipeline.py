@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from filters.events import ACTIONS, Event, ItemMeta, decode_record, encode
@@ -86,8 +86,7 @@ def topic_order(settings: Settings, events: list[Ev]) -> list[Ev]:
     Two producers interleave on the topic, so only the topic itself knows the order of a user's events
     (the reference needs it for late flags and for which delivery of a duplicate is the first)."""
     by_id = {ev.event_id: ev for ev in events}
-    records = _drain(settings, settings.kafka.events_topic, None)
-    ordered = sorted(records, key=lambda m: (m.partition(), m.offset()))
+    ordered = sorted(_read_all(settings, settings.kafka.events_topic), key=lambda m: (m.partition(), m.offset()))
     out = [by_id[ev.event_id] for m in ordered for _, ev in decode_record(m.value()).events]
     assert sorted(e.event_id for e in out) == sorted(e.event_id for e in events)
     return out
@@ -226,22 +225,36 @@ def test_invalid_message_goes_to_dlq_and_valid_ones_flow(pipeline: Settings) -> 
     assert {h["source_offset"] for h in headers} == {"0", "1"}
 
 
-def _drain(settings: Settings, topic: str, expect: int | None) -> list[Message]:
-    """``expect`` messages of ``topic`` (None: every message up to the end offsets)."""
+def _drain(settings: Settings, topic: str, expect: int) -> list[Message]:
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest", "enable.partition.eof": expect is None})
+                         "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     out: list[Message] = []
-    at_end: set[int] = set()
-    for _ in range(240):
+    for _ in range(120):
         msg = consumer.poll(0.5)
-        if msg is not None and msg.error() is None:
+        if msg is not None and not msg.error():
             out.append(msg)
-        elif msg is not None and msg.error().code() == KafkaError._PARTITION_EOF:
-            at_end.add(msg.partition())
-        if len(out) == expect or (expect is None and len(at_end) == settings.kafka.partitions):
+        if len(out) == expect:
             break
     consumer.close()
+    return out
+
+
+def _read_all(settings: Settings, topic: str) -> list[Message]:
+    """Every record of ``topic`` up to its current end offsets (assigned, not subscribed: no group)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": uuid.uuid4().hex,
+                         "enable.auto.commit": False})
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(settings.kafka.partitions)}
+    consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+    out: list[Message] = []
+    want = sum(ends.values())
+    for _ in range(200):
+        out += [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+        if len(out) >= want:
+            break
+    consumer.close()
+    assert len(out) == want, (len(out), want)
     return out
 
 
