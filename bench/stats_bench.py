@@ -13,8 +13,8 @@ Method (one private Kafka + Redis pair, :func:`bench.common.private_services`):
    (Bloom filters, last-N, user / user x category tiles, item / author stages). As in
    ``bench.ingest_bench.bench_worker``: one warm-up event until caught up, then the other ``N - 1`` events
    produced to the events topic as fast as possible; events/s = ``(N - 1)`` / (first produce →
-   :class:`stream.lag.LagProbe` says the group caught up, repartition topics included). Memory: Redis
-   ``used_memory`` delta, ``MEMORY USAGE`` of every statistics key (``rs1:*:st*``) and of the other key
+   :class:`stream.lag.LagProbe` says the group caught up). Memory: Redis
+   ``used_memory`` delta, ``MEMORY USAGE`` of every statistics key (``rs2:*:st*``) and of the other key
    families, the worker's RSS (``VmRSS`` after warm-up, ``VmHWM`` = peak, ``/proc/<pid>/status``); CPU
    seconds of the worker, the Redis server and the Kafka broker. The sampled counts are read here (step 4). Then, as a
    throughput reference that small ``N`` cannot give (the 1 s commit interval is a large share of a few
@@ -84,9 +84,9 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("stats tiles", re.compile(r":st(:c:.+)?$")),
     ("exposure Bloom", re.compile(r":bf\d+(:|$)")),
     ("last-N", re.compile(r":seq:")),
-    ("dedup", re.compile(r":ddt?$")),
+    ("dedup", re.compile(r":ddt?:\d+$")),
     ("replay guards", re.compile(r":applied$")),
-    ("watermarks", re.compile(r"^rs1:wm:")),
+    ("watermarks", re.compile(r"^rs2:wm:")),
     ("item meta", re.compile(r":meta$")),
 )
 

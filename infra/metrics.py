@@ -1,4 +1,4 @@
-"""Every Prometheus collector of recstream, in one module (names are the SRE contract: docs/metrics.md).
+"""Every Prometheus collector of recstream, in one module (names are the SRE contract: docs/operations.md lists them).
 
 Collectors are module-level and labelled; processes expose them with :func:`serve`.
 

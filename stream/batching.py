@@ -2,8 +2,7 @@
 
 :func:`murmur2_partition` is where every murmur2 producer (Kafka's Java client, aiokafka / Faust,
 librdkafka's ``murmur2_random``) puts a key; :class:`KeyPartitioner` caches it for the worker, which
-checks that every event of a record belongs to the record's partition and places forwards on the
-repartition topics. :class:`PartitionBatcher` packs a partition's events into batched records
+checks that every event of a record belongs to the record's partition. :class:`PartitionBatcher` packs a partition's events into batched records
 (docs/events.md).
 """
 

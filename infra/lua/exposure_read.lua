@@ -1,6 +1,6 @@
 -- Return the bitmaps of every live sub-slice of one user's exposure filter, in one round trip.
 --
--- KEYS[1]  the user's index hash (serving.keys.bloom_index; layout in exposure_add.lua)
+-- KEYS[1]  the user's index hash (infra.keys.KeyLayout.bloom_index; layout in bloom_lib.lua)
 -- ARGV[1]  slice key prefix (bitmap of sub-slice i = prefix .. <start> .. ":" .. i; same hash tag as KEYS[1])
 -- ARGV[2]  at (epoch ms); ARGV[3] retention ms; ARGV[4] slice length ms (used only if <start>:p is missing)
 -- A slice is live iff start <= at and end > at - retention.

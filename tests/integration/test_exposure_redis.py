@@ -79,7 +79,7 @@ def dump(client: redis.Redis, shift_ms: int = 0) -> dict[str, Any]:
             out.append(str(int(part) - shift_ms) if part.lstrip("-").isdigit() and len(part) >= 12 else part)
         return ":".join(out)
 
-    for raw in client.scan_iter("rs1:*"):
+    for raw in client.scan_iter("rs2:*"):
         key = raw.decode()
         if client.type(key) == b"hash":
             h = {_text(k): _text(v) for k, v in client.hgetall(key).items()}

@@ -1,4 +1,4 @@
-"""Table and property tests of the pure last-N model (stream/sequences.py)."""
+"""Table and property tests of the pure last-N model (filters/sequences.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Table and brute-force tests of the tile maths (stream/tiles.py)."""
+"""Table and brute-force tests of the tile maths (filters/tiles.py)."""
 
 from __future__ import annotations
 
