@@ -11,7 +11,7 @@ with ``producer.batch_max_events=1`` versus the producer defaults). Variants, in
 4. ``faust-single`` / ``faust-batched``: the worker's agent shape without Redis (:mod:`bench.faust_passthrough`);
 5. ``worker-1p`` / ``worker-2p``: ``recstream worker`` (every feature on) with the batched topic as its events
    topic, 1 and 2 processes in one consumer group, from the first new Redis key (≈ first event consumed) until
-   :class:`stream.lag.LagProbe` sees the group caught up (the repartition topics included).
+   :class:`stream.lag.LagProbe` sees the group caught up.
 
 Consumers use their own group from ``earliest``. Events/s (``eps``) = all events / (first record received →
 last event decoded): with batched records one fetch or ``take_events`` batch can hold most of the data, so
@@ -279,6 +279,9 @@ def run_rounds(
         topics = {fmt: f"bench-{fmt}-r{r}" for fmt in ("single", "batched")}
         create_topics(settings, list(topics.values()))
         selected = [v for v in VARIANTS if v.name in only]
+        for fmt, producer in (("single", "produce-single"), ("batched", "produce-batched")):
+            if producer not in only:  # the consumers still need the data: fill the topic, untimed
+                bench_producer(settings, topics[fmt], events, batched=fmt == "batched")
         for v in tqdm(selected, desc=f"round {r + 1}/{rounds}", **BAR):
             res = _one(v, settings, topics, events)
             runs[v.name].append(res)

@@ -1,8 +1,8 @@
 """The full-worker variant of ``recstream bench ingest``: ``recstream worker`` processes over a pre-filled topic.
 
-Each run gets a consumer group, side topics (items, dead letters, repartition) and worker homes of its own,
+Each run gets a consumer group, side topics (items, dead letters) and worker homes of its own,
 and an empty Redis (FLUSHALL). Events/s = n / (caught up − first new key in Redis): the first key added
-after the group's first stable assignment (start-up keys such as the layout key are written before) appears
+after the first member joined the group (start-up keys such as the layout key are written before) appears
 while the first batch is written, so it stands for "first event consumed" (the first fetch and decode are
 not timed); ``eps_from_assignment`` times from the group's first assignment instead (it includes Faust's
 start-up after the assignment: a lower bound). "Caught up" is :class:`stream.lag.LagProbe`'s rule. A worker
@@ -45,27 +45,32 @@ def _check_alive(workers: Sequence[WorkerProcess]) -> None:
             raise RuntimeError(msg)
 
 
-def _group_assigned(admin: Any, group: str) -> bool:
+def _group_state(admin: Any, group: str) -> tuple[bool, bool]:
+    """(the group has a member, a member holds partitions); any state: while a second member joins, the
+    group rebalances (members listed without assignment) and the first member may already be consuming."""
     try:
         desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
     except KafkaException:
-        return False
-    # any state: a second member joining puts the group into a rebalance while the first one already consumes
-    return bool(desc.state != ConsumerGroupState.DEAD and any(m.assignment.topic_partitions for m in desc.members))
+        return False, False
+    members = desc.members if desc.state != ConsumerGroupState.DEAD else []
+    return bool(members), any(m.assignment.topic_partitions for m in members)
 
 
 def _wait_start(
     settings: Settings, client: redis.Redis, probe: LagProbe, workers: Sequence[WorkerProcess]
 ) -> dict[str, float]:
-    """Perf-counter marks: ``assigned`` (a member of the group first holds partitions) and ``first_key`` (the first
-    key added to Redis after it ≈ the first batch consumed; the keys a worker writes at start-up, such as
-    the layout key, are there before it joins) or, if the worker writes nothing, ``first_commit``."""
-    admin, marks = admin_client(settings), {}
+    """Perf-counter marks: ``first_key`` (the first key added to Redis after the first member joined the group
+    ≈ the first batch consumed; keys a worker writes at start-up, such as the layout key, come before it
+    joins), ``assigned`` (a member first seen holding partitions) or, if nothing is written, ``first_commit``."""
+    admin, marks = admin_client(settings), dict[str, float]()
     deadline, next_commit, baseline = time.monotonic() + 180, 0.0, -1
     while time.monotonic() < deadline:
-        if baseline < 0 and _group_assigned(admin, probe.group):
-            marks["assigned"], baseline = time.perf_counter(), int(client.dbsize())
-            marks["startup_keys"] = baseline
+        if baseline < 0 or "assigned" not in marks:
+            joined, assigned = _group_state(admin, probe.group)
+            if joined and baseline < 0:
+                baseline = marks["startup_keys"] = int(client.dbsize())
+            if assigned and "assigned" not in marks:
+                marks["assigned"] = time.perf_counter()
         if baseline >= 0 and client.dbsize() > baseline:
             marks["first_key"] = time.perf_counter()
             return marks
@@ -75,13 +80,13 @@ def _wait_start(
                 marks["first_commit"] = time.perf_counter()
                 return marks
             next_commit = time.monotonic() + 0.5
-        time.sleep(0.005 if baseline >= 0 else 0.05)
+        time.sleep(0.005)
     msg = "the worker wrote nothing and committed nothing within 180 s"
     raise RuntimeError(msg)
 
 
 def _wait_caught_up(probe: LagProbe, workers: Sequence[WorkerProcess], timeout_s: float) -> None:
-    """LagProbe's catch-up rule (source targets, repartition ends re-read, twice in a row), with a bar."""
+    """LagProbe's catch-up rule (source topics at their ends, twice in a row), with a bar."""
     rows = probe.read()
     targets = {(r.topic, r.partition): r.end for r in rows if r.topic in probe.source_topics}
     total, stable, deadline = sum(targets.values()), 0, time.monotonic() + timeout_s
@@ -135,7 +140,7 @@ def bench_worker(base: Settings, topic: str, n: int, procs: int) -> dict[str, An
               "dead_letters": dead, "redis_keys": int(client.dbsize()), "startup_keys": marks.get("startup_keys")}
     warnings = [f"{dead} record(s) dead-lettered"] if dead else []
     if marks.get("startup_keys", 0) > 10:
-        warnings.append(f"{marks['startup_keys']} keys already written when the assignment was seen: start mark late")
+        warnings.append(f"{marks['startup_keys']} keys already written when the group was seen: start mark late")
     if warnings:
         result["warning"] = "; ".join(warnings)
     return result

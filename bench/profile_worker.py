@@ -139,7 +139,10 @@ class TreeWorker(WorkerProcess):
             "PYTHONPATH": str(self.tree), "PYTHONUNBUFFERED": "1"}
 
     def start(self) -> TreeWorker:
-        env = self._env()
+        env = self._env()  # the topics as that tree knows them (this tree may have dropped some)
+        subprocess.run(self._python("from infra.settings import load_settings; from infra.topics import "
+                                    "ensure_topics; ensure_topics(load_settings())"),
+                       env=env, cwd=self.tree, check=True, capture_output=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             cmd = [*self._python("from infra.cli import main; main()"), "worker", "--loglevel", self.loglevel]
@@ -206,7 +209,7 @@ class Probes:
 
 
 # -- the window -------------------------------------------------------------------------------------------
-def wait_warm(probes: Probes, alive: Callable[[], bool], n: int, frac: float, timeout_s: float = 600) -> None:
+def wait_warm(probes: Probes, alive: Callable[[], bool], n: int, frac: float, timeout_s: float = 300) -> None:
     """Until the worker's counter reached ``frac`` of the events (polled every POLL_S)."""
     deadline = time.monotonic() + timeout_s
     while (processed(probes.settings.worker.metrics_port) or 0) < frac * n:
@@ -244,7 +247,8 @@ def measure(probes: Probes, alive: Callable[[], bool], n: int, args: argparse.Na
     for p in spies:
         p.wait(30)
     if not b.events or b.events == a.events:
-        raise RuntimeError(f"no events processed in the {b.t - a.t:.0f} s window")
+        raise RuntimeError(f"no batch ended in the {b.t - a.t:.0f} s window: use more --events (a worker batch "
+                           f"holds up to worker.batch_size records × producer.batch_max_events events)")
     return a, b
 
 
@@ -409,7 +413,7 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 raise RuntimeError("no broker or worker pid")
             probes = Probes(settings, redis.Redis.from_url(settings.redis.effective_url), LagProbe(settings), cum,
                             worker.pid, broker)
-            log(f"worker pid {worker.pid} ({'tree ' + str(tree) if tree else 'current tree'}); warming up")
+            log(f"worker pid {worker.pid} ({tree or HERE}, log {log_path}); warming up")
             wait_warm(probes, worker.alive, produced["events"], args.warmup)
             log(f"measuring (≤ {args.duration:.0f} s, py-spy cpu + wall)")
             a, b = measure(probes, worker.alive, produced["events"], args, work)

@@ -177,6 +177,25 @@ def positions(hashes: Hashes, m: int, k: int) -> npt.NDArray[np.intp]:
     return ((x.astype(np.uint64) * np.uint64(m)) >> _TWO32).astype(np.intp)
 
 
+def bitmaps_of(hashes: Hashes, group: npt.NDArray[np.intp], groups: int, m: int, k: int) -> npt.NDArray[np.uint8]:
+    """One bitmap of ``m`` bits per group (Redis layout: bit ``p`` is byte ``p // 8``, mask ``0x80 >> p % 8``),
+    with the ``k`` probe bits of every item of the group set; item ``i`` (column of ``hashes``) belongs to
+    group ``group[i]``. Shape ``(groups, ⌈m/8⌉)``.
+
+    >>> f = BloomFilter(BloomParams(1000, 7))
+    >>> _ = f.add_many(["a", "b"])
+    >>> maps = bitmaps_of(item_hashes(["a", "x", "b"]), np.array([0, 1, 0]), 2, 1000, 7)
+    >>> maps[0].tobytes() == f.to_bytes(), int(np.unpackbits(maps[1]).sum()) <= 7
+    (True, True)
+    """
+    pos = positions(hashes, m, k)
+    out = np.zeros((groups, (m + 7) // 8), dtype=np.uint8)
+    rows = np.broadcast_to(group, pos.shape).ravel()
+    masks = (np.uint8(0x80) >> (pos & 7).astype(np.uint8)).ravel()
+    np.bitwise_or.at(out, (rows, (pos >> 3).ravel()), masks)
+    return out
+
+
 @functools.lru_cache(maxsize=128)
 def _probe_coefficients(k: int) -> tuple[U32Array, U32Array]:
     """Columns ``j`` and ``j(j−1)/2`` for j < k, as (k, 1) uint32 (read-only, shared)."""

@@ -203,20 +203,23 @@ class TileLayout:
 
 def aggregate_cells(
     layout: TileLayout, entity: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], counter: npt.NDArray[np.int64]
-) -> dict[int, list[int]]:
+) -> dict[int, tuple[list[int], bytes]]:
     """A batch's tile increments per entity, pre-aggregated as the Lua ``tile_apply`` takes them (pure).
 
     Event ``i`` (``ts[i]``, counter index ``counter[i]``) counts for entity number ``entity[i]``. Per
     entity there is one cell per (ring, slot): the newest tile of the batch in that slot and its counters
     — an event of an older tile of the same slot is dropped, as the newer tile resets the slot anyway
-    (the rule of :func:`apply_events`). Each entity's list is ``ring (1-based), slot, tile, counter_0 …
-    counter_5`` per cell, vectorised over the whole batch.
+    (the rule of :func:`apply_events`). Each entity gets ``(cells, images)``: ``cells`` is ``ring
+    (1-based), slot, tile, counter_0 … counter_5`` per cell, ``images`` the cells' slot words as the blob
+    stores them (``epoch = tile + 1`` and the six counters, big-endian ``u32``, 28 bytes per cell): what a
+    slot that starts a new tile is set to in one ``SETRANGE``. Vectorised over the whole batch.
 
     >>> lay = TileLayout.build({"1h": "1h"}, 0)          # one ring of 2 one-hour slots
     >>> h = 3_600_000
-    >>> aggregate_cells(lay, np.array([0, 0, 0, 1]), np.array([10 * h, 10 * h + 5, 8 * h, 9 * h]),
-    ...                 np.array([0, 1, 0, 2]))
-    {0: [1, 0, 10, 1, 1, 0, 0, 0, 0], 1: [1, 1, 9, 0, 0, 1, 0, 0, 0]}
+    >>> got = aggregate_cells(lay, np.array([0, 0, 0, 1]), np.array([10 * h, 10 * h + 5, 8 * h, 9 * h]),
+    ...                       np.array([0, 1, 0, 2]))
+    >>> got[0][0], got[1][0], got[0][1][:8]
+    ([1, 0, 10, 1, 1, 0, 0, 0, 0], [1, 1, 9, 0, 0, 1, 0, 0, 0], b'\\x00\\x00\\x00\\x0b\\x00\\x00\\x00\\x01')
     """
     if len(entity) == 0:
         return {}
@@ -239,9 +242,12 @@ def aggregate_cells(
     np.add.at(counts, (group[keep], counts_of[keep]), 1)
     gkey = key[last]
     rows = np.column_stack((gkey // span % n_rings + 1, gkey % span, tiles[last], counts))
+    images = np.column_stack((tiles[last] + 1, np.minimum(counts, U32_MAX))).astype(">u4").tobytes()
     owner = gkey // (span * n_rings)
     bounds = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1], True])
-    return {int(owner[a]): rows[a:b].ravel().tolist() for a, b in itertools.pairwise(bounds)}
+    size = 4 * WORDS_PER_SLOT
+    return {int(owner[a]): (rows[a:b].ravel().tolist(), images[a * size : b * size])
+            for a, b in itertools.pairwise(bounds)}
 
 
 def empty_words(layout: TileLayout) -> npt.NDArray[np.uint32]:

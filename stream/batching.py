@@ -2,8 +2,8 @@
 
 :func:`murmur2_partition` is where every murmur2 producer (Kafka's Java client, aiokafka / Faust,
 librdkafka's ``murmur2_random``) puts a key; :class:`KeyPartitioner` caches it for the worker, which
-checks that every event of a record belongs to the record's partition. :class:`PartitionBatcher` packs a partition's events into batched records
-(docs/events.md).
+checks that every event of a record belongs to the record's partition. :class:`PartitionBatcher`
+packs a partition's events into batched records (docs/events.md).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from infra.settings import Settings
 from stream.batching import KeyPartitioner
 from stream.deliveries import Delivery
 from stream.watermarks import WatermarkStore
-from stream.writers import EntityBatchWriter, UserBatchWriter
+from stream.writers import EntityBatchWriter, Prepared, UserBatchWriter, split_batch
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class IngestStage:
         )
         self._users = UserBatchWriter(client, settings)
         self._entities = EntityBatchWriter(client, settings)
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-redis")
         self._partition_of = KeyPartitioner(settings.kafka.partitions)
 
     def process(self, records: Sequence[Record]) -> StageOutput:
@@ -162,14 +164,37 @@ class IngestStage:
                 author = author if author is not None else known[1]
             batch[rec.partition].append(Delivery(rec.offset, ev, late, category, author, index))
         started = time.perf_counter()
-        result = self._users.write(batch, {p: c.watermark for p, c in clocks.items()})
-        for entities in self._entities.write(result.first_deliveries(batch)):
-            entities.record_metrics()
+        self._write(batch, {p: c.watermark for p, c in clocks.items()})
         metrics.WRITE_SECONDS.labels(stage="user").observe(time.perf_counter() - started)
-        result.record_metrics(batch)
         out.commit = lambda: self._clocks.save(clocks)
         self._observe_processed(ev for _, _, ev in valid)
         return out
+
+    def _write(self, batch: dict[int, list[Delivery]], watermarks: dict[int, int]) -> None:
+        """Write the batch chunk by chunk, overlapping Python and Redis: while the I/O thread runs chunk
+        k's user-shard pipeline (then its item/author pipeline), this thread prepares chunk k + 1. The
+        I/O thread runs pipelines one at a time in submission order, so every shard sees a partition's
+        positions in order, and chunk k's entity pipeline follows its user pipeline (it needs its statuses).
+        """
+        users, entities, io = self._users, self._entities, self._io
+        chunks = split_batch(batch, self._settings.worker.write_chunk_events)
+        if not chunks:
+            return
+        pending: list[tuple[Future[list[Any]], Prepared]] = []
+        prepared = users.prepare(chunks[0], watermarks)
+        sent = io.submit(users.send, prepared)
+        for k, chunk in enumerate(chunks):
+            upcoming = users.prepare(chunks[k + 1], watermarks) if k + 1 < len(chunks) else None
+            result = users.finish(prepared, sent.result())
+            result.record_metrics(chunk)
+            firsts = entities.prepare(result.first_deliveries(chunk))
+            pending.append((io.submit(entities.send, firsts), firsts))
+            if upcoming is not None:
+                prepared, sent = upcoming, io.submit(users.send, upcoming)
+            while pending and (pending[0][0].done() or upcoming is None):
+                done, ent = pending.pop(0)
+                for res in entities.finish(ent, done.result()):
+                    res.record_metrics()
 
     def _item_meta(self, events: Iterable[Event]) -> dict[str, tuple[str | None, str | None]]:
         items = sorted({ev.item_id for ev in events})

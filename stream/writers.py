@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 import redis
 
-from filters.bloom import item_hashes
+from filters.bloom import bitmaps_of, item_hashes
 from filters.events import EVENT_TYPES
 from filters.sequences import encode_member, sequence_capacities
 from filters.slices import SlicePlan
@@ -35,12 +35,36 @@ from infra.redis_client import require_binary_client
 from infra.settings import MS_PER_DAY, Settings
 from stream.deliveries import Delivery
 
-__all__ = ["EntityBatchWriter", "EntityWriteResult", "UserBatchWriter", "UserWriteResult"]
+__all__ = ["EntityBatchWriter", "EntityWriteResult", "Prepared", "UserBatchWriter", "UserWriteResult", "split_batch"]
 
 _TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
 _msgpack = msgspec.msgpack.Encoder()
 Batch = Mapping[int, Sequence[Delivery]]
 """Source partition -> its deliveries in source-position order."""
+
+
+def split_batch(batch: Batch, max_events: int) -> list[dict[int, list[Delivery]]]:
+    """``batch`` cut into consecutive chunks of at most ``max_events`` deliveries; every partition's
+    deliveries stay in order across the chunks (applying the chunks in order = applying the batch).
+
+    >>> from filters.events import Event
+    >>> d = [Delivery(k, Event(event_id=f"e{k}", type="click", user_id="u", item_id="i", ts=1)) for k in range(5)]
+    >>> [{p: [x.offset for x in ds] for p, ds in c.items()} for c in split_batch({0: d[:3], 1: d[3:]}, 2)]
+    [{0: [0, 1]}, {0: [2], 1: [3]}, {1: [4]}]
+    """
+    chunks: list[dict[int, list[Delivery]]] = [{}]
+    room = max_events
+    for p, deliveries in batch.items():
+        at = 0
+        while at < len(deliveries):
+            if room == 0:
+                chunks.append({})
+                room = max_events
+            take = list(deliveries[at : at + room])
+            chunks[-1][p] = take
+            at += len(take)
+            room -= len(take)
+    return [c for c in chunks if c]
 
 
 def _ttls(settings: Settings, layout: TileLayout) -> tuple[int, int, int]:
@@ -70,7 +94,7 @@ class _Tiles:
         self.ts.append(ts)
         self.counter.append(counter)
 
-    def cells(self, layout: TileLayout) -> dict[int, list[int]]:
+    def cells(self, layout: TileLayout) -> dict[int, tuple[list[int], bytes]]:
         arrays = (np.array(a, dtype=np.int64) for a in (self.entity, self.ts, self.counter))
         return aggregate_cells(layout, *arrays)
 
@@ -157,6 +181,8 @@ class _Call:
     events: list[list[Any]] = field(default_factory=list)
     refs: list[tuple[int, int]] = field(default_factory=list)  # (partition, position in its list)
     slots: dict[str, int] = field(default_factory=dict)  # key -> KEYS index (1-based)
+    kind: str = "user"
+    no_entity: int = 0
 
     def slot(self, key: str) -> int:
         index = self.slots.get(key)
@@ -171,9 +197,27 @@ class _Call:
         return number
 
 
-def _with_cells(rows: list[list[Any]], cells: dict[int, list[int]]) -> list[list[Any]]:
-    """Rows whose last field is a tile blob number, with that number replaced by the blob's cells."""
-    return [[*row[:-1], cells.get(row[-1], [])] for row in rows]
+@dataclass
+class Prepared:
+    """A batch planned and encoded for one pipeline: what :meth:`send` runs and :meth:`finish` reads."""
+
+    batch: Batch
+    calls: list[_Call]
+    script_calls: list[Call]
+    kinds: dict[str, int] = field(default_factory=dict)  # entity writer: kind -> deliveries without one
+
+
+def _with_cells(
+    rows: list[list[Any]], cells: dict[int, tuple[list[int], bytes]], images: bytearray
+) -> list[list[Any]]:
+    """Rows whose last field is a tile blob number, with that number replaced by the blob's cells and the
+    1-based offset of their slot images in ``images`` (appended to it: the call's third argument)."""
+    out = []
+    for row in rows:
+        flat, image = cells.get(row[-1], ([], b""))
+        out.append([*row[:-1], flat, len(images) + 1])
+        images += image
+    return out
 
 
 class UserBatchWriter(_Writer):
@@ -198,11 +242,17 @@ class UserBatchWriter(_Writer):
         ])
         item_hashes(["warm-up"])  # compile the hash loop (or load it from numba's cache) before the first batch
 
-    def _bloom_args(self, batch: Batch, watermarks: Mapping[int, int]) -> dict[tuple[int, int], list[Any]]:
-        """(partition, position) -> [slice start, h1, h2, h3] of every impression still inside retention."""
+    def _bloom_args(self, batch: Batch, watermarks: Mapping[int, int]) -> tuple[
+        dict[tuple[int, int], list[Any]], dict[str, list[tuple[int, bytes]]]
+    ]:
+        """(partition, position) -> [slice start, h1, h2, h3] of every impression still inside retention,
+        and per user one bitmap per slice with all of them set at the first sub-slice's size (the script
+        ORs it in whole while that sub-slice has room; docs/exposure.md)."""
         refs: list[tuple[int, int]] = []
         items: list[str] = []
         starts: list[int] = []
+        groups: dict[tuple[str, int], int] = {}
+        group: list[int] = []
         slice_ms, retention = self.plan.slice_ms, self.plan.retention_ms
         for p, deliveries in batch.items():
             horizon = watermarks.get(p, -1) - retention
@@ -213,12 +263,21 @@ class UserBatchWriter(_Writer):
                         refs.append((p, i))
                         items.append(d.event.item_id)
                         starts.append(start)
+                        group.append(groups.setdefault((d.event.user_id, start), len(groups)))
         if not items:
-            return {}
-        h1, h2, h3 = item_hashes(items, self.settings.bloom.hash_version).tolist()
-        return {ref: [s, a, b, c] for ref, s, a, b, c in zip(refs, starts, h1, h2, h3, strict=True)}
+            return {}, {}
+        hashes = item_hashes(items, self.settings.bloom.hash_version)
+        h1, h2, h3 = hashes.tolist()
+        first = self.plan.table[0]
+        maps = bitmaps_of(hashes, np.array(group, dtype=np.intp), len(groups), first.m, first.k)
+        deltas: dict[str, list[tuple[int, bytes]]] = {}
+        for (user, start), g in groups.items():
+            deltas.setdefault(user, []).append((start, maps[g].tobytes()))
+        extra = {ref: [s, a, b, c] for ref, s, a, b, c in zip(refs, starts, h1, h2, h3, strict=True)}
+        return extra, deltas
 
-    def _user_row(self, call: _Call, tiles: _Tiles, user: str, types: set[str], has_bloom: bool) -> int:
+    def _user_row(self, call: _Call, tiles: _Tiles, user: str, types: set[str],
+                  deltas: list[tuple[int, bytes]] | None) -> int:
         number = call.numbers.get("u:" + user)
         if number is None:
             keys, version = self.keys, self.settings.bloom.hash_version
@@ -227,8 +286,8 @@ class UserBatchWriter(_Writer):
                 if etype in self.capacities:
                     seq += [_TYPE_INDEX[etype], call.slot(keys.sequence(user, etype))]
             row = [call.slot(keys.stats("user", user)),
-                   call.slot(keys.bloom_index(user, version)) if has_bloom else 0,
-                   keys.slice_key_prefix(user, version), seq, tiles.new_blob()]
+                   call.slot(keys.bloom_index(user, version)) if deltas else 0,
+                   keys.slice_key_prefix(user, version), seq, deltas or [], tiles.new_blob()]
             number = call.add_row("users", "u:" + user, row)
         return number
 
@@ -248,8 +307,7 @@ class UserBatchWriter(_Writer):
         return number
 
     def _plan(self, batch: Batch, watermarks: Mapping[int, int]) -> tuple[list[_Call], _Tiles]:
-        bloom = self._bloom_args(batch, watermarks)
-        bloom_users = {batch[p][i].event.user_id for p, i in bloom}
+        bloom, deltas = self._bloom_args(batch, watermarks)
         types: dict[str, set[str]] = {}
         for deliveries in batch.values():
             for d in deliveries:
@@ -265,7 +323,7 @@ class UserBatchWriter(_Writer):
                 if call is None:
                     call = calls[shard] = _Call([keys.applied("user", shard)])
                 part = self._part_row(call, shard, p, watermarks)
-                user = self._user_row(call, tiles, ev.user_id, types[ev.user_id], ev.user_id in bloom_users)
+                user = self._user_row(call, tiles, ev.user_id, types[ev.user_id], deltas.get(ev.user_id))
                 t = _TYPE_INDEX[ev.type]
                 cat = 0
                 if not d.stats_late:
@@ -281,23 +339,33 @@ class UserBatchWriter(_Writer):
                 call.refs.append((p, i))
         return list(calls.values()), tiles
 
-    def write(self, batch: Batch, watermarks: Mapping[int, int]) -> UserWriteResult:
-        """Apply ``partition -> deliveries`` (each list in source-position order) in one pipeline.
-
-        ``watermarks`` are the partitions' event-time watermarks after the batch (they expire Bloom
-        slices). Safe to call again with the same or an overlapping batch: replayed positions change
-        nothing. Raises :class:`~infra.errors.StateError` if a script fails; connection errors propagate
-        (retry the whole batch).
-        """
+    def prepare(self, batch: Batch, watermarks: Mapping[int, int]) -> Prepared:
+        """Plan and encode the calls of ``batch`` (pure CPU: no Redis)."""
         calls, tiles = self._plan(batch, watermarks)
         cells = tiles.cells(self.layout)
         script_calls: list[Call] = []
         for c in calls:
-            body = [c.rows["parts"], _with_cells(c.rows["users"], cells), _with_cells(c.rows["cats"], cells),
-                    c.events]
-            script_calls.append((c.keys, [self._head, _msgpack.encode(body)]))
-        res = UserWriteResult(statuses={p: [""] * len(ds) for p, ds in batch.items()}, calls=len(calls))
-        for call, reply in zip(calls, self.script.run(self.client, script_calls) if calls else [], strict=True):
+            images, bitmaps = bytearray(), bytearray()
+            users = _with_cells(c.rows["users"], cells, images)
+            for row in users:  # the user's Bloom bitmaps -> [slice start, first byte in the 4th argument]
+                refs = []
+                for start, bitmap in row[4]:
+                    refs.append([start, len(bitmaps) + 1])
+                    bitmaps += bitmap
+                row[4] = refs
+            body = [c.rows["parts"], users, _with_cells(c.rows["cats"], cells, images), c.events]
+            script_calls.append((c.keys, [self._head, _msgpack.encode(body), bytes(images), bytes(bitmaps)]))
+        return Prepared(batch, calls, script_calls)
+
+    def send(self, prepared: Prepared) -> list[Any]:
+        """The one Redis round trip of a prepared batch (callable from another thread)."""
+        return self.script.run(self.client, prepared.script_calls) if prepared.script_calls else []
+
+    def finish(self, prepared: Prepared, replies: list[Any]) -> UserWriteResult:
+        """Read the replies of :meth:`send` into a :class:`UserWriteResult`."""
+        batch = prepared.batch
+        res = UserWriteResult(statuses={p: [""] * len(ds) for p, ds in batch.items()}, calls=len(prepared.calls))
+        for call, reply in zip(prepared.calls, replies, strict=True):
             for (p, i), st in zip(call.refs, reply[0].decode(), strict=True):
                 res.statuses[p][i] = st
             res.bloom_added += int(reply[1])
@@ -308,6 +376,17 @@ class UserBatchWriter(_Writer):
                 res.appended[action] = res.appended.get(action, 0) + int(rest[k + 1])
                 res.trimmed[action] = res.trimmed.get(action, 0) + int(rest[k + 2])
         return res
+
+    def write(self, batch: Batch, watermarks: Mapping[int, int]) -> UserWriteResult:
+        """Apply ``partition -> deliveries`` (each list in source-position order) in one pipeline.
+
+        ``watermarks`` are the partitions' event-time watermarks after the batch (they expire Bloom
+        slices). Safe to call again with the same or an overlapping batch: replayed positions change
+        nothing. Raises :class:`~infra.errors.StateError` if a script fails; connection errors propagate
+        (retry the whole batch). :meth:`prepare`, :meth:`send` and :meth:`finish` are its three steps.
+        """
+        prepared = self.prepare(batch, watermarks)
+        return self.finish(prepared, self.send(prepared))
 
 
 class EntityBatchWriter(_Writer):
@@ -344,6 +423,40 @@ class EntityBatchWriter(_Writer):
                 call.events.append([field_name, d.offset, d.index, t, d.event.ts, int(d.stats_late), number])
         return list(calls.values()), no_entity
 
+    def prepare(self, firsts: Batch, kinds: Sequence[Literal["item", "author"]] = ("item", "author")) -> Prepared:
+        """Plan and encode the calls for the first deliveries of a batch (pure CPU: no Redis)."""
+        tiles = _Tiles()
+        planned = [(kind, *self._plan(kind, firsts, tiles)) for kind in kinds]
+        cells = tiles.cells(self.layout)
+        calls: list[_Call] = []
+        script_calls: list[Call] = []
+        for kind, kind_calls, no_entity in planned:
+            for c in kind_calls:
+                c.kind, c.no_entity = kind, no_entity
+                images = bytearray()
+                body = [_with_cells(c.rows["blobs"], cells, images), c.events]
+                calls.append(c)
+                script_calls.append((c.keys, [self._head, _msgpack.encode(body), bytes(images)]))
+        prepared = Prepared(firsts, calls, script_calls)
+        prepared.kinds = {kind: no_entity for kind, _, no_entity in planned}
+        return prepared
+
+    def send(self, prepared: Prepared) -> list[Any]:
+        """The one Redis round trip of a prepared batch (callable from another thread)."""
+        return self.script.run(self.client, prepared.script_calls) if prepared.script_calls else []
+
+    def finish(self, prepared: Prepared, replies: list[Any]) -> list[EntityWriteResult]:
+        """Read the replies of :meth:`send`: one result per kind."""
+        results = {kind: EntityWriteResult(kind, no_entity=n) for kind, n in prepared.kinds.items()}
+        for call, reply in zip(prepared.calls, replies, strict=True):
+            res = results[call.kind]
+            statuses = reply.decode()
+            res.calls += 1
+            res.applied += statuses.count("A")
+            res.late += statuses.count("L")
+            res.replayed += statuses.count("R")
+        return list(results.values())
+
     def write(self, firsts: Batch, kinds: Sequence[Literal["item", "author"]] = ("item", "author")) -> list[
         EntityWriteResult
     ]:
@@ -353,22 +466,5 @@ class EntityBatchWriter(_Writer):
         Idempotent under replays: a shard's guard remembers the newest source position per source
         partition, and one worker applies a partition's batches in order.
         """
-        tiles = _Tiles()
-        planned = [(kind, *self._plan(kind, firsts, tiles)) for kind in kinds]
-        cells = tiles.cells(self.layout)
-        script_calls: list[Call] = []
-        for _, calls, _ in planned:
-            for c in calls:
-                body = [_with_cells(c.rows["blobs"], cells), c.events]
-                script_calls.append((c.keys, [self._head, _msgpack.encode(body)]))
-        replies = iter(self.script.run(self.client, script_calls) if script_calls else [])
-        results = []
-        for kind, calls, no_entity in planned:
-            res = EntityWriteResult(kind, no_entity=no_entity, calls=len(calls))
-            for _ in calls:
-                statuses = next(replies).decode()
-                res.applied += statuses.count("A")
-                res.late += statuses.count("L")
-                res.replayed += statuses.count("R")
-            results.append(res)
-        return results
+        prepared = self.prepare(firsts, kinds)
+        return self.finish(prepared, self.send(prepared))

@@ -20,6 +20,7 @@
 -- then on outlives every read of it), not on every write.
 
 local TWO32 = 4294967296
+local bit_lib = bit
 local MAX_SUBS = 64
 
 local function bloom_params(tbl, i)
@@ -139,6 +140,48 @@ local function add_fast(st, key_of, list)
   return added
 end
 
+-- the usual case, without a bit per item over the Lua/Redis boundary: the slice has at most its first
+-- sub-slice, which has room for every item, and Python sent the batch's bits at that sub-slice's size.
+-- New items are counted on the old bitmap (GET, tested in Lua); the bits go in with one BITOP OR (or one
+-- SET NX of a new bitmap). Returns nil when it does not apply.
+local function add_bitmap(B, st, key_of, list, bitmap)
+  local p = bloom_params(B.table, 0)
+  if st.n_subs > 1 or (st.n_subs == 1 and st.subs[0][4] ~= p[4]) or st.n + #list > p[3] then return nil end
+  local key, old = key_of(0), nil
+  if st.n_subs == 0 then
+    if not redis.call('SET', key, bitmap, 'NX') then return nil end  -- a stray bitmap: never overwrite one
+    redis.call('EXPIRE', key, B.ttl)
+    st.subs[0], st.n_subs, st.n, st.created = p, 1, 0, true
+  else
+    old = redis.call('GET', key) or ''
+  end
+  -- an item is new iff one of its bits is in neither the old bitmap nor an earlier item of the batch:
+  -- exactly what SETBIT one item after the other reports
+  local set, added = {}, 0
+  for _, a in ipairs(list) do
+    local new = false
+    for j = 0, p[2] - 1 do
+      local bit = probe(p, j, a.h1, a.h2, a.h3)
+      if not set[bit] then
+        set[bit] = true
+        if old == nil or bit_lib.band(string.byte(old, math.floor(bit / 8) + 1) or 0, 2 ^ (7 - bit % 8)) == 0 then
+          new = true
+        end
+      end
+    end
+    if new then added = added + 1 end
+  end
+  if old ~= nil then
+    local tmp = key .. ':or'
+    redis.call('SET', tmp, bitmap)
+    redis.call('BITOP', 'OR', key, key, tmp)
+    redis.call('DEL', tmp)
+  end
+  st.n = st.n + added
+  st.dirty = true
+  return added
+end
+
 -- a sub-slice may fill up: the single-item rule, item by item
 local function add_slow(B, st, key_of, list)
   local added = 0
@@ -190,7 +233,7 @@ end
 
 -- B: {retention, slice, ttl, table}; adds: list of {s, h1, h2, h3} in delivery order.
 -- Returns items added, slices deleted.
-local function bloom_add(B, idx, prefix, wm, adds)
+local function bloom_add(B, idx, prefix, wm, adds, bitmaps, bitmap_bytes)
   local order, by_slice = {}, {}
   for _, a in ipairs(adds) do
     local l = by_slice[a.s]
@@ -211,9 +254,14 @@ local function bloom_add(B, idx, prefix, wm, adds)
       local st = slice_state(B, s, r[3 * n], r[3 * n + 1], r[3 * n + 2])
       local function key_of(i) return prefix .. s .. ':' .. i end
       if lo == nil or st.e < lo then lo = st.e; lo_dirty = true end
-      if st.n_subs == 0 then new_sub(B, st, key_of, 0) end
       local list = by_slice[s]
-      if st.n + #list <= st.subs[st.n_subs - 1][3] then
+      local at = bitmaps and bitmaps[tonumber(s)]
+      local done = at and add_bitmap(B, st, key_of, list,
+                                     string.sub(bitmap_bytes, at, at + math.floor((bloom_params(B.table, 0)[1] + 7) / 8) - 1))
+      if not done and st.n_subs == 0 then new_sub(B, st, key_of, 0) end
+      if done then
+        added = added + done
+      elseif st.n + #list <= st.subs[st.n_subs - 1][3] then
         added = added + add_fast(st, key_of, list)
       else
         added = added + add_slow(B, st, key_of, list)

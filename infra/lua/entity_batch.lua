@@ -5,8 +5,9 @@
 -- KEYS: 1 the shard's replay guard hash (field = source partition, value = "offset:index"),
 --       then the tile blob of every entity of the shard in the batch
 -- ARGV[1] (msgpack, the writer's constants): { ttl tiles ms, ttl guard ms, tile layout }
--- ARGV[2] (msgpack, the batch): { entities, events }
---   entities: { { tile blob KEYS index, tile cells }, ... }  (cells pre-aggregated over the non-late events)
+-- ARGV[2] (msgpack, the batch): { entities, events }; ARGV[3] the tile slot images (binary)
+--   entities: { { tile blob KEYS index, tile cells, first image byte }, ... }  (cells pre-aggregated over
+--             the non-late events)
 --   events:   { { guard field, source offset, source index, type index, ts, stats_late 0/1, entity no }, ... }
 -- Returns: statuses, one character per event: A applied to the tiles, L applied but late (guard only),
 --   R skipped by the replay guard (and taken back from the pre-aggregated cells).
@@ -41,7 +42,7 @@ for i, e in ipairs(ev) do
   end
 end
 
-for _, x in ipairs(entities) do tile_apply(layout, KEYS[x[1]], x[2]) end
+for _, x in ipairs(entities) do tile_apply(layout, KEYS[x[1]], x[2], ARGV[3], x[3]) end
 
 local fields = {}
 for p, t in pairs(top) do

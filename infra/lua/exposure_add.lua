@@ -12,5 +12,5 @@ local adds = {}
 for t = 7, #ARGV, 4 do
   adds[#adds + 1] = { s = ARGV[t], h1 = tonumber(ARGV[t + 1]), h2 = tonumber(ARGV[t + 2]), h3 = tonumber(ARGV[t + 3]) }
 end
-local added, deleted = bloom_add(B, KEYS[1], ARGV[1], tonumber(ARGV[2]), adds)
+local added, deleted = bloom_add(B, KEYS[1], ARGV[1], tonumber(ARGV[2]), adds, nil, nil)
 return { added, deleted }

@@ -10,11 +10,12 @@
 -- ARGV[1] (msgpack, the writer's constants): { ttl tiles ms, dedup horizon ms, ttl dedup ms, ttl guard ms,
 --         tile layout, { retention ms, slice ms, key ttl s, sub-slice table "m,k,cap;..." },
 --         { type index, capacity, ... } }
--- ARGV[2] (msgpack, the batch): { parts, users, cats, events }
+-- ARGV[2] (msgpack, the batch): { parts, users, cats, events }; ARGV[3] the tile slot images (binary);
+-- ARGV[4] the Bloom bitmaps (binary: per user and slice, all of its impressions at the first sub-slice's size)
 --   parts:  { { partition, dedup KEYS index, dedup-times KEYS index, watermark ms }, ... }
 --   users:  { { tile KEYS index, Bloom index KEYS index or 0, slice key prefix, { type, KEYS index, ... },
---               tile cells }, ... }
---   cats:   { { tile KEYS index, tile cells }, ... }          (user x category blobs)
+--               { { slice start, first bitmap byte }, ... }, tile cells, first image byte }, ... }
+--   cats:   { { tile KEYS index, tile cells, first image byte }, ... }          (user x category blobs)
 --   events: { { part no, offset, index, event_id, type index, ts, stats_late 0/1, user no, cat no or 0,
 --               sequence member or '' [, slice start, h1, h2, h3 for impressions] }, ... }
 --   Tile cells are pre-aggregated over every non-late event (filters.tiles.TileAggregate); the script
@@ -46,11 +47,13 @@ for p, x in ipairs(A[1]) do
 end
 for u, x in ipairs(A[2]) do
   local usr = { tiles = KEYS[x[1]], bidx = x[2] > 0 and KEYS[x[2]] or nil, prefix = x[3], seq = {},
-                adds = {}, cells = x[5] }
+                adds = {}, bitmaps = {}, cells = x[6], img = x[7] }
   for i = 1, #x[4], 2 do usr.seq[x[4][i]] = KEYS[x[4][i + 1]] end
+  for _, b in ipairs(x[5]) do usr.bitmaps[b[1]] = b[2] end
   users[u] = usr
 end
-for c, x in ipairs(A[3]) do cats[c] = { key = KEYS[x[1]], cells = x[2] } end
+for c, x in ipairs(A[3]) do cats[c] = { key = KEYS[x[1]], cells = x[2], img = x[3] } end
+local images = ARGV[3]
 -- event fields, by position
 local P, OFF, IDX, ID, T, TS, LATE, U, CAT, M, S, H1, H2, H3 = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14
 for i, e in ipairs(ev) do
@@ -169,14 +172,14 @@ for key, a in pairs(seq_adds) do
 end
 
 -- statistics
-for _, usr in ipairs(users) do tile_apply(layout, usr.tiles, usr.cells) end
-for _, cat in ipairs(cats) do tile_apply(layout, cat.key, cat.cells) end
+for _, usr in ipairs(users) do tile_apply(layout, usr.tiles, usr.cells, images, usr.img) end
+for _, cat in ipairs(cats) do tile_apply(layout, cat.key, cat.cells, images, cat.img) end
 
 -- exposure filters
 local bloom_added, bloom_deleted = 0, 0
 for _, usr in ipairs(users) do
   if #usr.adds > 0 then
-    local a, d = bloom_add(bloom, usr.bidx, usr.prefix, usr.wm, usr.adds)
+    local a, d = bloom_add(bloom, usr.bidx, usr.prefix, usr.wm, usr.adds, usr.bitmaps, ARGV[4])
     bloom_added = bloom_added + a
     bloom_deleted = bloom_deleted + d
   end
