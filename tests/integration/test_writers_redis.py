@@ -24,6 +24,7 @@ from infra.settings import Settings
 from serving.sequences import SequenceReader
 from serving.stats import StatsReader
 from stream.deliveries import Delivery
+from stream.exposure_writer import ExposureWriter
 from stream.writers import EntityBatchWriter, UserBatchWriter
 
 pytestmark = pytest.mark.integration
@@ -413,8 +414,6 @@ def test_worker_bloom_path_equals_the_item_by_item_rule(r: redis.Redis, settings
     """The worker ORs a batch's bitmap in whole while the first sub-slice has room, and walks items one by
     one otherwise; the stand-alone ExposureWriter always walks them (SETBIT per bit). Same impressions,
     in the same batches: identical bitmaps and identical index hashes (counts, sub-slices, rollovers)."""
-    from stream.exposure_writer import ExposureWriter  # noqa: PLC0415 (only this test)
-
     rng = random.Random(seed)
     users = {"light": 5, "medium": 120, "heavy": 900}  # impressions per day: heavy rolls over sub-slices
     batches: list[list[Delivery]] = []
