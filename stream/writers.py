@@ -315,10 +315,13 @@ class UserBatchWriter(_Writer):
         calls: dict[int, _Call] = {}
         tiles = _Tiles()
         keys, capacities = self.keys, self.capacities
+        shards: dict[str, int] = {}
         for p, deliveries in batch.items():
             for i, d in enumerate(deliveries):
                 ev = d.event
-                shard = keys.shard("user", ev.user_id)
+                shard = shards.get(ev.user_id)
+                if shard is None:
+                    shard = shards[ev.user_id] = keys.shard("user", ev.user_id)
                 call = calls.get(shard)
                 if call is None:
                     call = calls[shard] = _Call([keys.applied("user", shard)])
@@ -400,6 +403,7 @@ class EntityBatchWriter(_Writer):
 
     def _plan(self, kind: Literal["item", "author"], firsts: Batch, tiles: _Tiles) -> tuple[list[_Call], int]:
         calls: dict[int, _Call] = {}
+        seen: dict[str, tuple[_Call, int, int]] = {}  # entity -> its call, row number, tile blob number
         no_entity = 0
         keys = self.keys
         for p, deliveries in firsts.items():
@@ -409,17 +413,18 @@ class EntityBatchWriter(_Writer):
                 if entity is None:
                     no_entity += 1
                     continue
-                shard = keys.shard(kind, entity)
-                call = calls.get(shard)
-                if call is None:
-                    call = calls[shard] = _Call([keys.applied(kind, shard)])
-                blob = keys.stats(kind, entity)
-                number = call.numbers.get(blob)
-                if number is None:
-                    number = call.add_row("blobs", blob, [call.slot(blob), tiles.new_blob()])
+                known = seen.get(entity)
+                if known is None:
+                    shard = keys.shard(kind, entity)
+                    call = calls.get(shard)
+                    if call is None:
+                        call = calls[shard] = _Call([keys.applied(kind, shard)])
+                    blob, key = tiles.new_blob(), keys.stats(kind, entity)
+                    known = seen[entity] = (call, call.add_row("blobs", key, [call.slot(key), blob]), blob)
+                call, number, blob = known
                 t = _TYPE_INDEX[d.event.type]
                 if not d.stats_late:
-                    tiles.add(call.rows["blobs"][number - 1][-1], d.event.ts, t)
+                    tiles.add(blob, d.event.ts, t)
                 call.events.append([field_name, d.offset, d.index, t, d.event.ts, int(d.stats_late), number])
         return list(calls.values()), no_entity
 
