@@ -106,7 +106,7 @@ class WorkerSettings(_Section):
     batch_size: int = Field(500, ge=1, le=100_000)
     batch_within_s: float = Field(0.2, gt=0, le=60)
     write_chunk_events: int = Field(
-        4000, ge=1, le=1_000_000,
+        20_000, ge=1, le=1_000_000,
         description="events per Redis write pipeline: a batch is written in chunks, and Python prepares "
         "the next chunk while Redis runs the previous one",
     )

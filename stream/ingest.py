@@ -171,29 +171,37 @@ class IngestStage:
         return out
 
     def _write(self, batch: dict[int, list[Delivery]], watermarks: dict[int, int]) -> None:
-        """Write the batch chunk by chunk, overlapping Python and Redis: while the I/O thread runs chunk
-        k's user-shard pipeline (then its item/author pipeline), this thread prepares chunk k + 1. The
-        I/O thread runs pipelines one at a time in submission order, so every shard sees a partition's
-        positions in order, and chunk k's entity pipeline follows its user pipeline (it needs its statuses).
+        """Write the batch chunk by chunk, keeping Redis busy while this thread works: the next chunks'
+        user-shard pipelines are queued before chunk k's item/author pipeline is even prepared.
+
+        The I/O thread runs pipelines one at a time in submission order, so every shard sees a source
+        partition's positions in order; chunk k's entity pipeline follows its user pipeline (it needs its
+        statuses). A crash between them is a replay: the user shards answer ``R`` and the entity guards
+        apply what they had not seen.
         """
         users, entities, io = self._users, self._entities, self._io
         chunks = split_batch(batch, self._settings.worker.write_chunk_events)
-        if not chunks:
-            return
-        pending: list[tuple[Future[list[Any]], Prepared]] = []
-        prepared = users.prepare(chunks[0], watermarks)
-        sent = io.submit(users.send, prepared)
+        ahead = 2  # user pipelines in flight
+        inflight: list[tuple[Prepared, Future[list[Any]]]] = []
+
+        def queue_user(k: int) -> None:
+            if k < len(chunks):
+                prepared = users.prepare(chunks[k], watermarks)
+                inflight.append((prepared, io.submit(users.send, prepared)))
+
+        for k in range(min(ahead, len(chunks))):
+            queue_user(k)
+        entity_jobs: list[tuple[Prepared, Future[list[Any]]]] = []
         for k, chunk in enumerate(chunks):
-            upcoming = users.prepare(chunks[k + 1], watermarks) if k + 1 < len(chunks) else None
+            prepared, sent = inflight.pop(0)
             result = users.finish(prepared, sent.result())
+            queue_user(k + ahead)
             result.record_metrics(chunk)
             firsts = entities.prepare(result.first_deliveries(chunk))
-            pending.append((io.submit(entities.send, firsts), firsts))
-            if upcoming is not None:
-                prepared, sent = upcoming, io.submit(users.send, upcoming)
-            while pending and (pending[0][0].done() or upcoming is None):
-                done, ent = pending.pop(0)
-                for res in entities.finish(ent, done.result()):
+            entity_jobs.append((firsts, io.submit(entities.send, firsts)))
+            while entity_jobs and (entity_jobs[0][1].done() or k == len(chunks) - 1):
+                job, done = entity_jobs.pop(0)
+                for res in entities.finish(job, done.result()):
                     res.record_metrics()
 
     def _item_meta(self, events: Iterable[Event]) -> dict[str, tuple[str | None, str | None]]:
