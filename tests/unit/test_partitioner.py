@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -20,15 +19,6 @@ from infra.settings import Settings
 from stream.producer import BASE_CONFIG, EventProducer
 
 MOCK_PARTITIONS = 4
-
-
-@pytest.fixture(scope="module")
-def mock_bootstrap() -> Iterator[str]:
-    """A one-broker mock cluster, kept alive by its owning client for the module."""
-    owner = Producer({"test.mock.num.brokers": 1, "log_level": 3})
-    broker = next(iter(owner.list_topics(timeout=10).brokers.values()))
-    yield f"{broker.host}:{broker.port}"
-    owner.flush(1)
 
 
 def keys() -> list[bytes]:

@@ -3,11 +3,9 @@ cluster (no real broker; the mock auto-creates topics with 4 partitions)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from filters.events import Event, decode_record, encode
 from infra.errors import KafkaError
@@ -125,14 +123,6 @@ def test_producer_settings_bounds(env: dict[str, float], fragment: str) -> None:
 
 
 # -- EventProducer on the mock cluster ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mock_bootstrap() -> Iterator[str]:
-    owner = Producer({"test.mock.num.brokers": 1, "log_level": 3})
-    broker = next(iter(owner.list_topics(timeout=10).brokers.values()))
-    yield f"{broker.host}:{broker.port}"
-    owner.flush(1)
-
-
 def consume_all(bootstrap: str, topic: str, records: int) -> list[Message]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "enable.auto.commit": False})
     try:
