@@ -127,6 +127,25 @@ def _element(rec: Record, index: int) -> bytes:
     return bytes(msgspec.json.decode(rec.value or b"[]", type=list[msgspec.Raw])[index])
 
 
+class _Attempt:
+    """One try at writing a batch. Once one of its pipelines failed, its later pipelines (already queued
+    on the I/O thread) are not sent but raise the same error: a retry of the batch must never find a
+    later chunk applied over an earlier chunk that was not (the guards would take the earlier one for a
+    replay)."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def run(self, send: Callable[[Prepared], list[Any]], prepared: Prepared) -> list[Any]:
+        if self.error is not None:
+            raise self.error
+        try:
+            return send(prepared)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
 class IngestStage:
     """User-keyed stage over the events topic (see module docstring)."""
 
@@ -179,7 +198,7 @@ class IngestStage:
         statuses). A crash between them is a replay: the user shards answer ``R`` and the entity guards
         apply what they had not seen.
         """
-        users, entities, io = self._users, self._entities, self._io
+        users, entities, io, attempt = self._users, self._entities, self._io, _Attempt()
         chunks = split_batch(batch, self._settings.worker.write_chunk_events)
         ahead = 2  # user pipelines in flight
         inflight: list[tuple[Prepared, Future[list[Any]]]] = []
@@ -187,7 +206,7 @@ class IngestStage:
         def queue_user(k: int) -> None:
             if k < len(chunks):
                 prepared = users.prepare(chunks[k], watermarks)
-                inflight.append((prepared, io.submit(users.send, prepared)))
+                inflight.append((prepared, io.submit(attempt.run, users.send, prepared)))
 
         for k in range(min(ahead, len(chunks))):
             queue_user(k)
@@ -198,7 +217,7 @@ class IngestStage:
             queue_user(k + ahead)
             result.record_metrics(chunk)
             firsts = entities.prepare(result.first_deliveries(chunk))
-            entity_jobs.append((firsts, io.submit(entities.send, firsts)))
+            entity_jobs.append((firsts, io.submit(attempt.run, entities.send, firsts)))
             while entity_jobs and (entity_jobs[0][1].done() or k == len(chunks) - 1):
                 job, done = entity_jobs.pop(0)
                 for res in entities.finish(job, done.result()):
