@@ -88,7 +88,10 @@ def records_in(settings: Settings, topic: str) -> int:
 def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
     """p50 / p99 / mean in microseconds."""
     ordered = sorted(samples_s)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
+
     return {"p50_us": pick(0.50), "p99_us": pick(0.99), "mean_us": statistics.fmean(ordered) * 1e6}
 
 

@@ -86,7 +86,7 @@ SCRIPT_CALLS = Counter(
     "recstream_write_script_calls", "Lua calls made by the write path (one per shard and batch)", ["stage"]
 )
 WRITE_SECONDS = Histogram(
-    "recstream_write_seconds", "Time of one batch's Redis writes (the Lua round trip)", ["stage"],
+    "recstream_write_seconds", "Wall time of one batch's Redis writes (every chunk and pipeline)", ["stage"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 

@@ -184,7 +184,7 @@ class IngestStage:
             batch[rec.partition].append(Delivery(rec.offset, ev, late, category, author, index))
         started = time.perf_counter()
         self._write(batch, {p: c.watermark for p, c in clocks.items()})
-        metrics.WRITE_SECONDS.labels(stage="user").observe(time.perf_counter() - started)
+        metrics.WRITE_SECONDS.labels(stage="ingest").observe(time.perf_counter() - started)
         out.commit = lambda: self._clocks.save(clocks)
         self._observe_processed(ev for _, _, ev in valid)
         return out
