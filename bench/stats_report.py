@@ -78,11 +78,10 @@ def notes_for(
     windows = ", ".join(f"{w} step {t}" for w, t in settings.stats.windows.items())
     lateness_h = settings.stats.allowed_lateness_ms / 3_600_000
     notes = [
-        "recstream: `recstream worker` with every feature on (Bloom, last-N, user / user×category tiles, "
-        "item / author stages), batches of 500 and one Lua call per entity per batch; events/s from the "
-        "first produced event until the consumer group caught up, repartition topics included. That "
-        "includes up to 1 s of commit interval, a large share at small N; the last row times more events "
-        "on the same worker.",
+        "recstream: `recstream worker` with every feature on (Bloom, last-N, user / user×category, item "
+        "and author tiles), batched records and one Lua call per Redis shard per batch; events/s from the "
+        "first produced event until the consumer group caught up. That includes up to 1 s of commit "
+        "interval, a large share at small N; the last row times more events on the same worker.",
         f"Faust: one `memory://` windowed table per window, hopping ({windows}) so that the window starting "
         "at E − W is exactly recstream's [E − W, E) at a tile-aligned E: each increment touches W / step "
         "windows (73 per entity per event), each with its own changelog record. Tumbling (if shown) keeps "
@@ -98,9 +97,8 @@ def notes_for(
         "were right.)",
         "Repartitioning on the Faust side: user and user×category are counted on the user-keyed topic; each "
         "event goes through internal by-item / by-author topics (`await topic.send`, what `group_by` does) "
-        "whose agents count item / author: the same shape as recstream's by-item / by-author topics. "
-        "recstream packs a batch's forwarded deliveries into one message per target partition, Faust sends "
-        "one message per event and topic (as `group_by` would), hence the repartition message counts.",
+        "whose agents count item / author. recstream needs no repartition topic: its user-keyed stage "
+        "applies item and author tiles directly, guarded per source partition (docs/architecture.md).",
         "Faust agents iterate event by event (a table write takes its changelog partition from "
         "`current_event()`). Every table write queues a changelog record; above 100 queued records Faust "
         "blocks the stream until the buffer drains (`producer buffer full` warnings), so Faust's rate is "
