@@ -34,7 +34,8 @@ from infra.settings import Settings
 from stream.batching import KeyPartitioner
 from stream.deliveries import Delivery
 from stream.watermarks import WatermarkStore
-from stream.writers import EntityBatchWriter, Prepared, UserBatchWriter, split_batch
+from stream.write_plan import Prepared, split_batch
+from stream.writers import EntityBatchWriter, UserBatchWriter
 
 
 @dataclass(frozen=True)

@@ -27,44 +27,19 @@ from filters.bloom import bitmaps_of, item_hashes
 from filters.events import EVENT_TYPES
 from filters.sequences import encode_member, sequence_capacities
 from filters.slices import SlicePlan
-from filters.tiles import TileLayout, aggregate_cells
+from filters.tiles import TileLayout
 from infra import metrics
 from infra.keys import KeyLayout
 from infra.lua import Call, Script
 from infra.redis_client import require_binary_client
 from infra.settings import MS_PER_DAY, Settings
 from stream.deliveries import Delivery
+from stream.write_plan import Batch, Prepared, ShardCall, TileEvents, with_cells
 
-__all__ = ["EntityBatchWriter", "EntityWriteResult", "Prepared", "UserBatchWriter", "UserWriteResult", "split_batch"]
+__all__ = ["EntityBatchWriter", "EntityWriteResult", "UserBatchWriter", "UserWriteResult"]
 
 _TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
 _msgpack = msgspec.msgpack.Encoder()
-Batch = Mapping[int, Sequence[Delivery]]
-"""Source partition -> its deliveries in source-position order."""
-
-
-def split_batch(batch: Batch, max_events: int) -> list[dict[int, list[Delivery]]]:
-    """``batch`` cut into consecutive chunks of at most ``max_events`` deliveries; every partition's
-    deliveries stay in order across the chunks (applying the chunks in order = applying the batch).
-
-    >>> from filters.events import Event
-    >>> d = [Delivery(k, Event(event_id=f"e{k}", type="click", user_id="u", item_id="i", ts=1)) for k in range(5)]
-    >>> [{p: [x.offset for x in ds] for p, ds in c.items()} for c in split_batch({0: d[:3], 1: d[3:]}, 2)]
-    [{0: [0, 1]}, {0: [2], 1: [3]}, {1: [4]}]
-    """
-    chunks: list[dict[int, list[Delivery]]] = [{}]
-    room = max_events
-    for p, deliveries in batch.items():
-        at = 0
-        while at < len(deliveries):
-            if room == 0:
-                chunks.append({})
-                room = max_events
-            take = list(deliveries[at : at + room])
-            chunks[-1][p] = take
-            at += len(take)
-            room -= len(take)
-    return [c for c in chunks if c]
 
 
 def _ttls(settings: Settings, layout: TileLayout) -> tuple[int, int, int]:
@@ -74,29 +49,6 @@ def _ttls(settings: Settings, layout: TileLayout) -> tuple[int, int, int]:
     dedup = settings.stats.dedup_horizon_ms + settings.stats.allowed_lateness_ms + safety
     guard = settings.kafka.retention_ms + safety
     return tiles, dedup, guard
-
-
-class _Tiles:
-    """Tile events of a whole batch, numbered by blob, for one vectorised :func:`aggregate_cells`."""
-
-    def __init__(self) -> None:
-        self.blobs = 0
-        self.entity: list[int] = []
-        self.ts: list[int] = []
-        self.counter: list[int] = []
-
-    def new_blob(self) -> int:
-        self.blobs += 1
-        return self.blobs - 1
-
-    def add(self, blob: int, ts: int, counter: int) -> None:
-        self.entity.append(blob)
-        self.ts.append(ts)
-        self.counter.append(counter)
-
-    def cells(self, layout: TileLayout) -> dict[int, tuple[list[int], bytes]]:
-        arrays = (np.array(a, dtype=np.int64) for a in (self.entity, self.ts, self.counter))
-        return aggregate_cells(layout, *arrays)
 
 
 @dataclass
@@ -170,56 +122,6 @@ class _Writer:
         self._ttl_tiles, self._ttl_dedup, self._ttl_guard = _ttls(settings, self.layout)
 
 
-@dataclass
-class _Call:
-    """The KEYS and body rows of one shard call being built, and which deliveries it carries."""
-
-    keys: list[str]
-    rows: dict[str, list[list[Any]]] = field(
-        default_factory=lambda: {"parts": [], "users": [], "cats": [], "blobs": []})
-    numbers: dict[str, int] = field(default_factory=dict)  # "p:<partition>" / "u:<user>" / key -> row no
-    events: list[list[Any]] = field(default_factory=list)
-    refs: list[tuple[int, int]] = field(default_factory=list)  # (partition, position in its list)
-    slots: dict[str, int] = field(default_factory=dict)  # key -> KEYS index (1-based)
-    kind: str = "user"
-    no_entity: int = 0
-
-    def slot(self, key: str) -> int:
-        index = self.slots.get(key)
-        if index is None:
-            self.keys.append(key)
-            index = self.slots[key] = len(self.keys)
-        return index
-
-    def add_row(self, table: str, name: str, row: list[Any]) -> int:
-        self.rows[table].append(row)
-        number = self.numbers[name] = len(self.rows[table])
-        return number
-
-
-@dataclass
-class Prepared:
-    """A batch planned and encoded for one pipeline: what :meth:`send` runs and :meth:`finish` reads."""
-
-    batch: Batch
-    calls: list[_Call]
-    script_calls: list[Call]
-    kinds: dict[str, int] = field(default_factory=dict)  # entity writer: kind -> deliveries without one
-
-
-def _with_cells(
-    rows: list[list[Any]], cells: dict[int, tuple[list[int], bytes]], images: bytearray
-) -> list[list[Any]]:
-    """Rows whose last field is a tile blob number, with that number replaced by the blob's cells and the
-    1-based offset of their slot images in ``images`` (appended to it: the call's third argument)."""
-    out = []
-    for row in rows:
-        flat, image = cells.get(row[-1], ([], b""))
-        out.append([*row[:-1], flat, len(images) + 1])
-        images += image
-    return out
-
-
 class UserBatchWriter(_Writer):
     """Applies user-stage batches with :meth:`write` (one ``user_batch.lua`` call per user shard)."""
 
@@ -276,7 +178,7 @@ class UserBatchWriter(_Writer):
         extra = {ref: [s, a, b, c] for ref, s, a, b, c in zip(refs, starts, h1, h2, h3, strict=True)}
         return extra, deltas
 
-    def _user_row(self, call: _Call, tiles: _Tiles, user: str, types: set[str],
+    def _user_row(self, call: ShardCall, tiles: TileEvents, user: str, types: set[str],
                   deltas: list[tuple[int, bytes]] | None) -> int:
         number = call.numbers.get("u:" + user)
         if number is None:
@@ -291,14 +193,14 @@ class UserBatchWriter(_Writer):
             number = call.add_row("users", "u:" + user, row)
         return number
 
-    def _cat_row(self, call: _Call, tiles: _Tiles, user: str, category: str) -> int:
+    def _cat_row(self, call: ShardCall, tiles: TileEvents, user: str, category: str) -> int:
         key = self.keys.stats("user_category", (user, category))
         number = call.numbers.get(key)
         if number is None:
             number = call.add_row("cats", key, [call.slot(key), tiles.new_blob()])
         return number
 
-    def _part_row(self, call: _Call, shard: int, p: int, watermarks: Mapping[int, int]) -> int:
+    def _part_row(self, call: ShardCall, shard: int, p: int, watermarks: Mapping[int, int]) -> int:
         number = call.numbers.get(f"p:{p}")
         if number is None:
             keys = self.keys
@@ -306,14 +208,14 @@ class UserBatchWriter(_Writer):
             number = call.add_row("parts", f"p:{p}", row)
         return number
 
-    def _plan(self, batch: Batch, watermarks: Mapping[int, int]) -> tuple[list[_Call], _Tiles]:
+    def _plan(self, batch: Batch, watermarks: Mapping[int, int]) -> tuple[list[ShardCall], TileEvents]:
         bloom, deltas = self._bloom_args(batch, watermarks)
         types: dict[str, set[str]] = {}
         for deliveries in batch.values():
             for d in deliveries:
                 types.setdefault(d.event.user_id, set()).add(d.event.type)
-        calls: dict[int, _Call] = {}
-        tiles = _Tiles()
+        calls: dict[int, ShardCall] = {}
+        tiles = TileEvents()
         keys, capacities = self.keys, self.capacities
         shards: dict[str, int] = {}
         for p, deliveries in batch.items():
@@ -324,7 +226,7 @@ class UserBatchWriter(_Writer):
                     shard = shards[ev.user_id] = keys.shard("user", ev.user_id)
                 call = calls.get(shard)
                 if call is None:
-                    call = calls[shard] = _Call([keys.applied("user", shard)])
+                    call = calls[shard] = ShardCall([keys.applied("user", shard)])
                 part = self._part_row(call, shard, p, watermarks)
                 user = self._user_row(call, tiles, ev.user_id, types[ev.user_id], deltas.get(ev.user_id))
                 t = _TYPE_INDEX[ev.type]
@@ -349,14 +251,14 @@ class UserBatchWriter(_Writer):
         script_calls: list[Call] = []
         for c in calls:
             images, bitmaps = bytearray(), bytearray()
-            users = _with_cells(c.rows["users"], cells, images)
+            users = with_cells(c.rows["users"], cells, images)
             for row in users:  # the user's Bloom bitmaps -> [slice start, first byte in the 4th argument]
                 refs = []
                 for start, bitmap in row[4]:
                     refs.append([start, len(bitmaps) + 1])
                     bitmaps += bitmap
                 row[4] = refs
-            body = [c.rows["parts"], users, _with_cells(c.rows["cats"], cells, images), c.events]
+            body = [c.rows["parts"], users, with_cells(c.rows["cats"], cells, images), c.events]
             script_calls.append((c.keys, [self._head, _msgpack.encode(body), bytes(images), bytes(bitmaps)]))
         return Prepared(batch, calls, script_calls)
 
@@ -401,9 +303,9 @@ class EntityBatchWriter(_Writer):
         super().__init__(client, settings)
         self._head = _msgpack.encode([self._ttl_tiles, self._ttl_guard, self.layout.lua_args()])
 
-    def _plan(self, kind: Literal["item", "author"], firsts: Batch, tiles: _Tiles) -> tuple[list[_Call], int]:
-        calls: dict[int, _Call] = {}
-        seen: dict[str, tuple[_Call, int, int]] = {}  # entity -> its call, row number, tile blob number
+    def _plan(self, kind: Literal["item", "author"], firsts: Batch, tiles: TileEvents) -> tuple[list[ShardCall], int]:
+        calls: dict[int, ShardCall] = {}
+        seen: dict[str, tuple[ShardCall, int, int]] = {}  # entity -> its call, row number, tile blob number
         no_entity = 0
         keys = self.keys
         for p, deliveries in firsts.items():
@@ -418,7 +320,7 @@ class EntityBatchWriter(_Writer):
                     shard = keys.shard(kind, entity)
                     call = calls.get(shard)
                     if call is None:
-                        call = calls[shard] = _Call([keys.applied(kind, shard)])
+                        call = calls[shard] = ShardCall([keys.applied(kind, shard)])
                     blob, key = tiles.new_blob(), keys.stats(kind, entity)
                     known = seen[entity] = (call, call.add_row("blobs", key, [call.slot(key), blob]), blob)
                 call, number, blob = known
@@ -430,16 +332,16 @@ class EntityBatchWriter(_Writer):
 
     def prepare(self, firsts: Batch, kinds: Sequence[Literal["item", "author"]] = ("item", "author")) -> Prepared:
         """Plan and encode the calls for the first deliveries of a batch (pure CPU: no Redis)."""
-        tiles = _Tiles()
+        tiles = TileEvents()
         planned = [(kind, *self._plan(kind, firsts, tiles)) for kind in kinds]
         cells = tiles.cells(self.layout)
-        calls: list[_Call] = []
+        calls: list[ShardCall] = []
         script_calls: list[Call] = []
         for kind, kind_calls, no_entity in planned:
             for c in kind_calls:
                 c.kind, c.no_entity = kind, no_entity
                 images = bytearray()
-                body = [_with_cells(c.rows["blobs"], cells, images), c.events]
+                body = [with_cells(c.rows["blobs"], cells, images), c.events]
                 calls.append(c)
                 script_calls.append((c.keys, [self._head, _msgpack.encode(body), bytes(images)]))
         prepared = Prepared(firsts, calls, script_calls)

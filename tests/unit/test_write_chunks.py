@@ -13,7 +13,8 @@ from filters.events import Event
 from infra.settings import Settings
 from stream.deliveries import Delivery
 from stream.ingest import IngestStage
-from stream.writers import Prepared, UserWriteResult
+from stream.write_plan import Prepared
+from stream.writers import UserWriteResult
 
 
 class FakeWriters:
