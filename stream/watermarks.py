@@ -3,10 +3,10 @@
 The watermark of a partition is the newest event ts seen in it minus the allowed lateness. An event is
 *late* for statistics when its ts is below the watermark in force just before it. Because the newest ts
 is a function of the partition's prefix, and it is persisted (with the offset it was reached at) only
-after every write of a batch succeeded and its forwards were delivered, a restarted worker resumes with
-exactly the clock it had, and an event at or before the clock's position is one whose features and
-forwards are already applied and delivered (see docs/architecture.md: Redis → forwards → watermark →
-offsets).
+after every write of a batch succeeded and its dead letters were delivered, a restarted worker resumes
+with exactly the clock it had, and an event at or before the clock's position is one whose features (in
+every shard) and dead letters are already applied and delivered (see docs/architecture.md: Redis → dead
+letters → watermark → offsets).
 
 >>> clock = PartitionClock(lateness_ms=1000)
 >>> [clock.observe(ts, offset) for offset, ts in enumerate((5000, 4500, 3999, 6000, 4999))]
@@ -89,7 +89,8 @@ class WatermarkStore:
         return clocks
 
     def save(self, clocks: dict[int, PartitionClock]) -> None:
-        """Persist clocks; call only after the batch's feature writes succeeded and its forwards were delivered."""
+        """Persist clocks; call only after the batch's feature writes succeeded and its dead letters were
+        delivered."""
         pipe = self._redis.pipeline(transaction=False)
         now_s = self._clock() / 1000
         for p, clock in clocks.items():

@@ -18,7 +18,7 @@
 --   cats:   { { tile KEYS index, tile cells, first image byte }, ... }          (user x category blobs)
 --   events: { { part no, offset, index, event_id, type index, ts, stats_late 0/1, user no, cat no or 0,
 --               sequence member or '' [, slice start, h1, h2, h3 for impressions] }, ... }
---   Tile cells are pre-aggregated over every non-late event (filters.tiles.TileAggregate); the script
+--   Tile cells are pre-aggregated over every non-late event (filters.tiles.aggregate_cells); the script
 --   takes back the events the guard or the dedup refuses.
 -- Returns { statuses, Bloom items added, Bloom slices deleted, (type index, appended, trimmed) * types }
 --   statuses: one character per event, A applied (first delivery), D duplicate, R replay of a first
@@ -107,7 +107,7 @@ for i, e in ipairs(ev) do
   end
   if off < part.goff or (off == part.goff and idx <= part.gidx) then
     -- first iff its dedup entry names this position; an entry gone beyond the dedup horizon is an
-    -- event older than the watermark, whose forward could not change any count: not first
+    -- event older than the watermark, whose item / author update could not change any count: not first
     status[i] = (part.stored[i] == here) and 'R' or 'r'
   elseif part.seen[id] or part.stored[i] or (part.old_cut and e[TS] < part.old_cut and in_sequence(e)) then
     status[i] = 'D'
