@@ -259,6 +259,15 @@ def _split(raw: bytes | bytearray | memoryview) -> list[msgspec.Raw] | DecodedRe
     return parts
 
 
+def record_elements(raw: bytes | bytearray | memoryview) -> list[bytes]:
+    """The raw bytes of every element of a batched record that :func:`decode_record` accepted as an array.
+
+    >>> record_elements(b'[{"a":1}, {"b":2}]')
+    [b'{"a":1}', b'{"b":2}']
+    """
+    return [bytes(part) for part in _split_decoder.decode(raw)]
+
+
 def _decode_elements(parts: list[msgspec.Raw]) -> DecodedRecord:
     events: list[tuple[int, Event]] = []
     errors: list[RecordError] = []

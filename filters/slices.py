@@ -143,6 +143,25 @@ class SlicePlan:
         """Writer side: a slice ending at ``end_ms`` can be deleted once ``end ≤ watermark − R``."""
         return end_ms <= watermark_ms - self.retention_ms
 
+    def writable_start(self, ts_ms: int, watermark_ms: int) -> int | None:
+        """Writer side: the start of the slice an impression at ``ts_ms`` goes to, or ``None`` when that
+        slice has already expired at ``watermark_ms`` (the impression is skipped).
+
+        >>> plan = SlicePlan(0.01, DAY, 30 * DAY, 200)
+        >>> plan.writable_start(DAY + 5, 31 * DAY), plan.writable_start(DAY + 5, 32 * DAY)
+        (86400000, None)
+        """
+        start = self.start_of(ts_ms)
+        return None if self.expired(start + self.slice_ms, watermark_ms) else start
+
+    def key_ttl_s(self, safety_days: int) -> int:
+        """The wall-clock safety TTL of filter keys: retention + slice length + ``safety_days``, in seconds.
+
+        >>> SlicePlan(0.01, DAY, 30 * DAY, 200).key_ttl_s(7) // 86_400
+        38
+        """
+        return (self.retention_ms + self.slice_ms + safety_days * MS_PER_DAY) // 1000
+
     # --- sizing ------------------------------------------------------------------------------------
     @cached_property
     def slice_fpr(self) -> float:
@@ -159,6 +178,11 @@ class SlicePlan:
     def sub(self, i: int) -> SubParams:
         """Parameters of sub-slice ``i`` (``i`` ≥ MAX_SUBSLICES reuses the last one)."""
         return self.table[min(i, MAX_SUBSLICES - 1)]
+
+    @cached_property
+    def lua_table(self) -> str:
+        """The sub-slice table as the scripts take it: ``"m,k,cap;m,k,cap;…"`` for sub-slice 0, 1, …"""
+        return ";".join(p.encode() for p in self.table)
 
     @cached_property
     def table(self) -> tuple[SubParams, ...]:

@@ -24,7 +24,7 @@ from filters.slices import SlicePlan
 from infra.errors import InputError
 from infra.keys import KeyLayout
 from infra.lua import Script
-from infra.settings import MS_PER_DAY, Settings
+from infra.settings import Settings
 
 
 class ExposureWriter:
@@ -43,10 +43,8 @@ class ExposureWriter:
         self.plan = SlicePlan.from_settings(settings.bloom)
         self.script = Script("bloom_lib.lua", "exposure_add.lua")
         self.keys = KeyLayout(settings.redis.shards)
-        self._table = ";".join(p.encode() for p in self.plan.table)
-        self._ttl_s = (
-            self.plan.retention_ms + self.plan.slice_ms + self.bloom.safety_ttl_days * MS_PER_DAY
-        ) // 1000
+        self._table = self.plan.lua_table
+        self._ttl_s = self.plan.key_ttl_s(self.bloom.safety_ttl_days)
         self.deleted_slices = 0
         item_hashes(["warm-up"])  # compile the hash loop (or load it from numba's cache) before the first batch
 
@@ -55,13 +53,12 @@ class ExposureWriter:
 
         Impressions whose slice is already out of retention (``slice end ≤ watermark − R``) are skipped.
         Replays of the same impressions return 0 and leave the bitmaps unchanged. The caller counts
-        the result into ``recstream_bloom_adds`` (stream/ingest.py does).
+        the result into ``recstream_bloom_adds``.
         """
         if not isinstance(watermark_ms, int):
             msg = f"watermark_ms must be an int (epoch ms), got {watermark_ms!r}"
             raise InputError(msg)
         plan, version = self.plan, self.bloom.hash_version
-        horizon = watermark_ms - plan.retention_ms
         users: list[str] = []
         items: list[str] = []
         starts: list[int] = []
@@ -80,8 +77,8 @@ class ExposureWriter:
                 if not isinstance(ts, int) or isinstance(ts, bool):
                     msg = f"impression ts must be an int (epoch ms), got {ts!r} for user {user_id!r}"
                     raise InputError(msg)
-                start = ts - ts % plan.slice_ms
-                if start + plan.slice_ms > horizon:
+                start = plan.writable_start(ts, watermark_ms)
+                if start is not None:
                     items.append(item_id)
                     starts.append(start)
             users.append(user_id)

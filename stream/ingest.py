@@ -22,10 +22,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import redis
 
-from filters.events import Event, decode_item, decode_record
+from filters.events import Event, decode_item, decode_record, record_elements
 from infra import metrics
 from infra.clock import Clock, now_ms
 from infra.errors import EventValidationError
@@ -113,19 +112,17 @@ def decode_batch(
         for err in decoded.errors:
             value = err.raw if err.batch_index is not None else None
             _dead(out, DeadLetter(rec, err.error.reason, err.error.detail, err.batch_index, value))
+        elements: list[bytes] | None = None  # split only when an element must be dead-lettered
         for index, ev in decoded.events:
             if partition_of(ev.user_id) != rec.partition:
                 detail = f"user {ev.user_id!r} belongs to partition {partition_of(ev.user_id)}, not {rec.partition}"
-                raw = None if not decoded.batched else _element(rec, index)
+                if decoded.batched and elements is None:
+                    elements = record_elements(rec.value or b"[]")
+                raw = elements[index] if elements is not None else None
                 _dead(out, DeadLetter(rec, "wrong_partition", detail, index if decoded.batched else None, raw))
                 continue
             valid.append((rec, index, ev))
     return valid
-
-
-def _element(rec: Record, index: int) -> bytes:
-    """The raw bytes of element ``index`` of a batched record (only for the rare dead letter)."""
-    return bytes(msgspec.json.decode(rec.value or b"[]", type=list[msgspec.Raw])[index])
 
 
 class _Attempt:

@@ -147,8 +147,7 @@ class EventProducer:
         ps = self.settings.producer
         self._batcher = (PartitionBatcher(ps.batch_max_events, ps.batch_max_bytes, ps.linger_ms)
                          if ps.batch_max_events > 1 else None)
-        self._partitions: int | None = None  # of the events topic, from broker metadata
-        self._placement: KeyPartitioner | None = None
+        self._placement: KeyPartitioner | None = None  # over the events topic's partitions (broker metadata)
         self._log_filter = _LogFilter()
         if self.config.get("logger") is log:  # a private logger per producer, so the filter is ours
             self.config["logger"] = logging.getLogger(f"{log.name}.{id(self):x}")
@@ -185,9 +184,7 @@ class EventProducer:
         if self._fatal is not None:
             msg = f"producer is unusable: {self._fatal}"
             raise KafkaError(msg)
-        if self._placement is None:
-            self._placement = KeyPartitioner(self._events_partitions())
-        ready = self._batcher.add(self._placement(event.user_id), event.user_id.encode(), encode(event))
+        ready = self._batcher.add(self._events_placement()(event.user_id), event.user_id.encode(), encode(event))
         if ready:
             self._send_records(ready)
 
@@ -223,20 +220,21 @@ class EventProducer:
             except KafkaError as exc:
                 self._record_failure(DeliveryFailure(topic, rec.key, str(exc), rec.events), fatal=None)
 
-    def _events_partitions(self) -> int:
-        """The events topic's partition count: broker metadata once, else ``kafka.partitions``."""
-        if self._partitions is None:
+    def _events_placement(self) -> KeyPartitioner:
+        """murmur2 over the events topic's partitions: their count from broker metadata once, else
+        ``kafka.partitions``."""
+        if self._placement is None:
             topic, fallback = self.settings.kafka.events_topic, self.settings.kafka.partitions
             deadline = time.monotonic() + 5.0
             reason = "no metadata"
-            while self._partitions is None and time.monotonic() < deadline:
+            while self._placement is None and time.monotonic() < deadline:
                 try:
                     tmd = self._producer.list_topics(topic, timeout=5.0).topics.get(topic)
                 except confluent_kafka.KafkaException as exc:
                     reason = exc.args[0].str() if exc.args else str(exc)
                     break
                 if tmd is not None and tmd.error is None and tmd.partitions:
-                    self._partitions = len(tmd.partitions)
+                    self._placement = KeyPartitioner(len(tmd.partitions))
                     break
                 if tmd is not None and tmd.error is not None:
                     reason = tmd.error.str()
@@ -244,11 +242,11 @@ class EventProducer:
                             and not self.config.get("allow.auto.create.topics")):
                         break  # missing for good: the deliveries will fail and flush() says so
                 time.sleep(0.1)  # e.g. no leader yet right after the topic was created
-            if self._partitions is None:
+            if self._placement is None:
                 log.warning("partition count of %s unknown (%s); batches are placed by kafka.partitions=%d",
                             topic, reason, fallback)
-                self._partitions = fallback
-        return self._partitions
+                self._placement = KeyPartitioner(fallback)
+        return self._placement
 
     def _produce(
         self,
@@ -359,8 +357,8 @@ class EventProducer:
                    f"{time.monotonic() - start:.1f}s); is the broker running? (recstream infra up)")
             raise InfraError(msg) from None
         events_md = md.topics.get(self.settings.kafka.events_topic)
-        if self._partitions is None and events_md is not None and events_md.error is None and events_md.partitions:
-            self._partitions = len(events_md.partitions)  # saves send() its own metadata request
+        if self._placement is None and events_md is not None and events_md.error is None and events_md.partitions:
+            self._placement = KeyPartitioner(len(events_md.partitions))  # saves send() its own metadata request
         wanted = topics if topics is not None else (self.settings.kafka.events_topic,
                                                      self.settings.kafka.items_topic)
         missing = [t for t in wanted if t not in md.topics or md.topics[t].error is not None]

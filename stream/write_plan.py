@@ -79,7 +79,6 @@ class ShardCall:
     refs: list[tuple[int, int]] = field(default_factory=list)  # (partition, position in its list)
     slots: dict[str, int] = field(default_factory=dict)  # key -> KEYS index (1-based)
     kind: str = "user"
-    no_entity: int = 0
 
     def slot(self, key: str) -> int:
         index = self.slots.get(key)

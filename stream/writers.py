@@ -121,25 +121,28 @@ class _Writer:
         self.script = Script(*self.script_names)
         self._ttl_tiles, self._ttl_dedup, self._ttl_guard = _ttls(settings, self.layout)
 
+    def send(self, prepared: Prepared) -> list[Any]:
+        """The one Redis round trip of a prepared batch (callable from another thread)."""
+        return self.script.run(self.client, prepared.script_calls) if prepared.script_calls else []
+
 
 class UserBatchWriter(_Writer):
     """Applies user-stage batches with :meth:`write` (one ``user_batch.lua`` call per user shard)."""
 
-    script_names = ("tiles_lib.lua", "bloom_lib.lua", "user_batch.lua")
+    script_names = ("guard_lib.lua", "tiles_lib.lua", "bloom_lib.lua", "user_batch.lua")
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         super().__init__(client, settings)
         self.capacities = sequence_capacities(settings.lastn)
         self.plan = SlicePlan.from_settings(settings.bloom)
-        bloom_ttl_ms = self.plan.retention_ms + self.plan.slice_ms + settings.bloom.safety_ttl_days * MS_PER_DAY
         caps: list[int] = []
         for etype, cap in self.capacities.items():
             caps += [_TYPE_INDEX[etype], cap]
         self._head = _msgpack.encode([
             self._ttl_tiles, settings.stats.dedup_horizon_ms, self._ttl_dedup, self._ttl_guard,
             self.layout.lua_args(),
-            [self.plan.retention_ms, self.plan.slice_ms, bloom_ttl_ms // 1000,
-             ";".join(p.encode() for p in self.plan.table)],
+            [self.plan.retention_ms, self.plan.slice_ms, self.plan.key_ttl_s(settings.bloom.safety_ttl_days),
+             self.plan.lua_table],
             caps,
         ])
         item_hashes(["warm-up"])  # compile the hash loop (or load it from numba's cache) before the first batch
@@ -155,13 +158,13 @@ class UserBatchWriter(_Writer):
         starts: list[int] = []
         groups: dict[tuple[str, int], int] = {}
         group: list[int] = []
-        slice_ms, retention = self.plan.slice_ms, self.plan.retention_ms
+        plan = self.plan
         for p, deliveries in batch.items():
-            horizon = watermarks.get(p, -1) - retention
+            watermark = watermarks.get(p, -1)
             for i, d in enumerate(deliveries):
                 if d.event.type == "impression":
-                    start = d.event.ts - d.event.ts % slice_ms
-                    if start + slice_ms > horizon:
+                    start = plan.writable_start(d.event.ts, watermark)
+                    if start is not None:
                         refs.append((p, i))
                         items.append(d.event.item_id)
                         starts.append(start)
@@ -262,10 +265,6 @@ class UserBatchWriter(_Writer):
             script_calls.append((c.keys, [self._head, _msgpack.encode(body), bytes(images), bytes(bitmaps)]))
         return Prepared(batch, calls, script_calls)
 
-    def send(self, prepared: Prepared) -> list[Any]:
-        """The one Redis round trip of a prepared batch (callable from another thread)."""
-        return self.script.run(self.client, prepared.script_calls) if prepared.script_calls else []
-
     def finish(self, prepared: Prepared, replies: list[Any]) -> UserWriteResult:
         """Read the replies of :meth:`send` into a :class:`UserWriteResult`."""
         batch = prepared.batch
@@ -297,7 +296,7 @@ class UserBatchWriter(_Writer):
 class EntityBatchWriter(_Writer):
     """Applies first deliveries to item and author tiles, one call per shard, guarded per source partition."""
 
-    script_names = ("tiles_lib.lua", "entity_batch.lua")
+    script_names = ("guard_lib.lua", "tiles_lib.lua", "entity_batch.lua")
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         super().__init__(client, settings)
@@ -337,20 +336,14 @@ class EntityBatchWriter(_Writer):
         cells = tiles.cells(self.layout)
         calls: list[ShardCall] = []
         script_calls: list[Call] = []
-        for kind, kind_calls, no_entity in planned:
+        for kind, kind_calls, _ in planned:
             for c in kind_calls:
-                c.kind, c.no_entity = kind, no_entity
+                c.kind = kind
                 images = bytearray()
                 body = [with_cells(c.rows["blobs"], cells, images), c.events]
                 calls.append(c)
                 script_calls.append((c.keys, [self._head, _msgpack.encode(body), bytes(images)]))
-        prepared = Prepared(firsts, calls, script_calls)
-        prepared.kinds = {kind: no_entity for kind, _, no_entity in planned}
-        return prepared
-
-    def send(self, prepared: Prepared) -> list[Any]:
-        """The one Redis round trip of a prepared batch (callable from another thread)."""
-        return self.script.run(self.client, prepared.script_calls) if prepared.script_calls else []
+        return Prepared(firsts, calls, script_calls, {kind: no_entity for kind, _, no_entity in planned})
 
     def finish(self, prepared: Prepared, replies: list[Any]) -> list[EntityWriteResult]:
         """Read the replies of :meth:`send`: one result per kind."""

@@ -23,13 +23,19 @@ local TWO32 = 4294967296
 local bit_lib = bit
 local MAX_SUBS = 64
 
+-- the parameters of sub-slice i from the table "m,k,cap;m,k,cap;..." (the last one repeats), parsed once
+-- per script call
+local params_cache = {}
 local function bloom_params(tbl, i)
-  local j, p = 0, nil
+  local p = params_cache[i]
+  if p then return p end
+  local j = 0
   for m, k, c in string.gmatch(tbl, '(%d+),(%d+),(%d+)') do
     p = { tonumber(m), tonumber(k), tonumber(c), m .. ',' .. k .. ',' .. c }
     if j == i then break end
     j = j + 1
   end
+  params_cache[i] = p
   return p
 end
 
@@ -256,8 +262,8 @@ local function bloom_add(B, idx, prefix, wm, adds, bitmaps, bitmap_bytes)
       if lo == nil or st.e < lo then lo = st.e; lo_dirty = true end
       local list = by_slice[s]
       local at = bitmaps and bitmaps[tonumber(s)]
-      local done = at and add_bitmap(B, st, key_of, list,
-                                     string.sub(bitmap_bytes, at, at + math.floor((bloom_params(B.table, 0)[1] + 7) / 8) - 1))
+      local nbytes = math.floor((bloom_params(B.table, 0)[1] + 7) / 8)
+      local done = at and add_bitmap(B, st, key_of, list, string.sub(bitmap_bytes, at, at + nbytes - 1))
       if not done and st.n_subs == 0 then new_sub(B, st, key_of, 0) end
       if done then
         added = added + done

@@ -1,6 +1,7 @@
 -- user_batch.lua: every event of one batch that belongs to one user shard, applied exactly once
 -- (docs/architecture.md, docs/exposure.md, docs/sequences.md, docs/statistics.md). Called by
--- stream.writers.UserBatchWriter, which builds the argument layout; tiles_lib.lua is prepended.
+-- stream.writers.UserBatchWriter, which builds the argument layout; guard_lib.lua, tiles_lib.lua and
+-- bloom_lib.lua are prepended.
 --
 -- KEYS: 1 the shard's replay guard hash (field = source partition, value = "offset:index"),
 --       then per source partition its dedup hash and dedup-times zset, then per user its tile blob,
@@ -65,15 +66,8 @@ end
 -- the guard and the dedup state of every partition in the batch
 local fields = {}
 for p = 1, #parts do fields[p] = parts[p].field end
-local stored_guard = redis.call('HMGET', KEYS[1], unpack(fields))
-for p, part in ipairs(parts) do
-  local g = stored_guard[p]
-  part.goff, part.gidx = -1, -1
-  if g then
-    local o, x = string.match(g, '^(%-?%d+):(%d+)$')
-    part.goff, part.gidx = tonumber(o), tonumber(x)
-  end
-  part.top_off, part.top_idx = part.goff, part.gidx
+local guard = guard_load(KEYS[1], fields)
+for _, part in ipairs(parts) do
   part.stored = {}
   for i = 1, #part.ids, CHUNK do
     local got = redis.call('HMGET', part.dd, unpack(part.ids, i, math.min(i + CHUNK - 1, #part.ids)))
@@ -102,10 +96,7 @@ for i, e in ipairs(ev) do
   local part = parts[e[P]]
   local off, idx, id = e[OFF], e[IDX], e[ID]
   local here = string.format('%d:%d', off, idx)
-  if off > part.top_off or (off == part.top_off and idx > part.top_idx) then
-    part.top_off, part.top_idx = off, idx
-  end
-  if off < part.goff or (off == part.goff and idx <= part.gidx) then
+  if guard_replay(guard, part.field, off, idx) then
     -- first iff its dedup entry names this position; an entry gone beyond the dedup horizon is an
     -- event older than the watermark, whose item / author update could not change any count: not first
     status[i] = (part.stored[i] == here) and 'R' or 'r'
@@ -137,7 +128,6 @@ for i, e in ipairs(ev) do
 end
 
 -- dedup state and guards
-local guard_fields = {}
 for _, part in ipairs(parts) do
   if #part.dd_new > 0 then
     chunked('HSET', part.dd, part.dd_new)
@@ -154,15 +144,8 @@ for _, part in ipairs(parts) do
       redis.call('PEXPIRE', part.dd, ttl_dedup); redis.call('PEXPIRE', part.ddt, ttl_dedup)
     end
   end
-  if part.top_off > part.goff or (part.top_off == part.goff and part.top_idx > part.gidx) then
-    guard_fields[#guard_fields + 1] = part.field
-    guard_fields[#guard_fields + 1] = string.format('%d:%d', part.top_off, part.top_idx)
-  end
 end
-if #guard_fields > 0 then
-  redis.call('HSET', KEYS[1], unpack(guard_fields))
-  if ttl_guard > 0 then redis.call('PEXPIRE', KEYS[1], ttl_guard) end
-end
+guard_save(guard, ttl_guard)
 
 -- sequences
 local appended, trimmed = {}, {}
