@@ -75,8 +75,9 @@ class ShardCall:
     rows: dict[str, list[list[Any]]] = field(
         default_factory=lambda: {"parts": [], "users": [], "cats": [], "blobs": []})
     numbers: dict[str, int] = field(default_factory=dict)  # "p:<partition>" / "u:<user>" / key -> row no
-    events: list[list[Any]] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)  # user: the event rows; entity: (partition, delivery, row no)
     refs: list[tuple[int, int]] = field(default_factory=list)  # (partition, position in its list)
+    late: int = 0  # entity: how many of its events are late for the statistics
     slots: dict[str, int] = field(default_factory=dict)  # key -> KEYS index (1-based)
     kind: str = "user"
 

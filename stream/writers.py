@@ -182,34 +182,27 @@ class UserBatchWriter(_Writer):
         return extra, deltas
 
     def _user_row(self, call: ShardCall, tiles: TileEvents, user: str, types: set[str],
-                  deltas: list[tuple[int, bytes]] | None) -> int:
-        number = call.numbers.get("u:" + user)
-        if number is None:
-            keys, version = self.keys, self.settings.bloom.hash_version
-            seq: list[int] = []
-            for etype in types:
-                if etype in self.capacities:
-                    seq += [_TYPE_INDEX[etype], call.slot(keys.sequence(user, etype))]
-            row = [call.slot(keys.stats("user", user)),
-                   call.slot(keys.bloom_index(user, version)) if deltas else 0,
-                   keys.slice_key_prefix(user, version), seq, deltas or [], tiles.new_blob()]
-            number = call.add_row("users", "u:" + user, row)
-        return number
+                  deltas: list[tuple[int, bytes]] | None) -> tuple[int, int]:
+        keys, version = self.keys, self.settings.bloom.hash_version
+        seq: list[int] = []
+        for etype in types:
+            if etype in self.capacities:
+                seq += [_TYPE_INDEX[etype], call.slot(keys.sequence(user, etype))]
+        blob = tiles.new_blob()
+        row = [call.slot(keys.stats("user", user)),
+               call.slot(keys.bloom_index(user, version)) if deltas else 0,
+               keys.slice_key_prefix(user, version), seq, deltas or [], blob]
+        return call.add_row("users", "u:" + user, row), blob
 
-    def _cat_row(self, call: ShardCall, tiles: TileEvents, user: str, category: str) -> int:
-        key = self.keys.stats("user_category", (user, category))
-        number = call.numbers.get(key)
-        if number is None:
-            number = call.add_row("cats", key, [call.slot(key), tiles.new_blob()])
-        return number
+    def _cat_row(self, call: ShardCall, tiles: TileEvents, user: str, category: str) -> tuple[int, int]:
+        key, blob = self.keys.stats("user_category", (user, category)), tiles.new_blob()
+        return call.add_row("cats", key, [call.slot(key), blob]), blob
 
-    def _part_row(self, call: ShardCall, shard: int, p: int, watermarks: Mapping[int, int]) -> int:
-        number = call.numbers.get(f"p:{p}")
-        if number is None:
-            keys = self.keys
-            row = [p, call.slot(keys.dedup(shard, p)), call.slot(keys.dedup_times(shard, p)), watermarks.get(p, -1)]
-            number = call.add_row("parts", f"p:{p}", row)
-        return number
+    def _part_row(self, call: ShardCall, shard: int, p: int, batch: Batch, watermarks: Mapping[int, int]) -> int:
+        keys, first, last = self.keys, batch[p][0], batch[p][-1]
+        row = [p, call.slot(keys.dedup(shard, p)), call.slot(keys.dedup_times(shard, p)), watermarks.get(p, -1),
+               [first.offset, first.index, last.offset, last.index]]
+        return call.add_row("parts", f"p:{p}", row)
 
     def _plan(self, batch: Batch, watermarks: Mapping[int, int]) -> tuple[list[ShardCall], TileEvents]:
         bloom, deltas = self._bloom_args(batch, watermarks)
@@ -219,26 +212,36 @@ class UserBatchWriter(_Writer):
                 types.setdefault(d.event.user_id, set()).add(d.event.type)
         calls: dict[int, ShardCall] = {}
         tiles = TileEvents()
-        keys, capacities = self.keys, self.capacities
-        shards: dict[str, int] = {}
+        keys, capacities, add = self.keys, self.capacities, tiles.add
+        users: dict[str, tuple[ShardCall, int, int, int]] = {}  # user -> call, shard, row number, tile blob
+        cats: dict[tuple[str, str], tuple[int, int]] = {}  # (user, category) -> row number, tile blob
         for p, deliveries in batch.items():
+            parts: dict[int, int] = {}  # shard -> row number of partition p in its call
             for i, d in enumerate(deliveries):
                 ev = d.event
-                shard = shards.get(ev.user_id)
-                if shard is None:
-                    shard = shards[ev.user_id] = keys.shard("user", ev.user_id)
-                call = calls.get(shard)
-                if call is None:
-                    call = calls[shard] = ShardCall([keys.applied("user", shard)])
-                part = self._part_row(call, shard, p, watermarks)
-                user = self._user_row(call, tiles, ev.user_id, types[ev.user_id], deltas.get(ev.user_id))
+                known = users.get(ev.user_id)
+                if known is None:
+                    shard = keys.shard("user", ev.user_id)
+                    call = calls.get(shard)
+                    if call is None:
+                        call = calls[shard] = ShardCall([keys.applied("user", shard)])
+                    user_row = self._user_row(call, tiles, ev.user_id, types[ev.user_id], deltas.get(ev.user_id))
+                    known = users[ev.user_id] = (call, shard, *user_row)
+                call, shard, user, blob = known
+                part = parts.get(shard)
+                if part is None:
+                    part = parts[shard] = self._part_row(call, shard, p, batch, watermarks)
                 t = _TYPE_INDEX[ev.type]
                 cat = 0
                 if not d.stats_late:
-                    tiles.add(call.rows["users"][user - 1][-1], ev.ts, t)
+                    add(blob, ev.ts, t)
                     if d.category is not None:
-                        cat = self._cat_row(call, tiles, ev.user_id, d.category)
-                        tiles.add(call.rows["cats"][cat - 1][-1], ev.ts, t)
+                        pair = (ev.user_id, d.category)
+                        cat_row = cats.get(pair)
+                        if cat_row is None:
+                            cat_row = cats[pair] = self._cat_row(call, tiles, *pair)
+                        cat = cat_row[0]
+                        add(cat_row[1], ev.ts, t)
                 member = encode_member(ev.event_id, ev.item_id, d.category, d.author_id) if ev.type in capacities \
                     else ""
                 row = [part, d.offset, d.index, ev.event_id, t, ev.ts, int(d.stats_late), user, cat, member]
@@ -306,9 +309,8 @@ class EntityBatchWriter(_Writer):
         calls: dict[int, ShardCall] = {}
         seen: dict[str, tuple[ShardCall, int, int]] = {}  # entity -> its call, row number, tile blob number
         no_entity = 0
-        keys = self.keys
+        keys, add = self.keys, tiles.add
         for p, deliveries in firsts.items():
-            field_name = str(p)
             for d in deliveries:
                 entity = d.event.item_id if kind == "item" else d.author_id
                 if entity is None:
@@ -319,14 +321,15 @@ class EntityBatchWriter(_Writer):
                     shard = keys.shard(kind, entity)
                     call = calls.get(shard)
                     if call is None:
-                        call = calls[shard] = ShardCall([keys.applied(kind, shard)])
+                        call = calls[shard] = ShardCall([keys.applied(kind, shard)], kind=kind)
                     blob, key = tiles.new_blob(), keys.stats(kind, entity)
                     known = seen[entity] = (call, call.add_row("blobs", key, [call.slot(key), blob]), blob)
                 call, number, blob = known
-                t = _TYPE_INDEX[d.event.type]
-                if not d.stats_late:
-                    tiles.add(blob, d.event.ts, t)
-                call.events.append([field_name, d.offset, d.index, t, d.event.ts, int(d.stats_late), number])
+                if d.stats_late:
+                    call.late += 1
+                else:
+                    add(blob, d.event.ts, _TYPE_INDEX[d.event.type])
+                call.events.append((p, d, number))
         return list(calls.values()), no_entity
 
     def prepare(self, firsts: Batch, kinds: Sequence[Literal["item", "author"]] = ("item", "author")) -> Prepared:
@@ -334,27 +337,47 @@ class EntityBatchWriter(_Writer):
         tiles = TileEvents()
         planned = [(kind, *self._plan(kind, firsts, tiles)) for kind in kinds]
         cells = tiles.cells(self.layout)
+        spans = [[str(p), ds[0].offset, ds[0].index, ds[-1].offset, ds[-1].index] for p, ds in firsts.items() if ds]
         calls: list[ShardCall] = []
         script_calls: list[Call] = []
-        for kind, kind_calls, _ in planned:
+        for _, kind_calls, _ in planned:
             for c in kind_calls:
-                c.kind = kind
                 images = bytearray()
-                body = [with_cells(c.rows["blobs"], cells, images), c.events]
+                body = [with_cells(c.rows["blobs"], cells, images), spans]
                 calls.append(c)
                 script_calls.append((c.keys, [self._head, _msgpack.encode(body), bytes(images)]))
         return Prepared(firsts, calls, script_calls, {kind: no_entity for kind, _, no_entity in planned})
+
+    def send(self, prepared: Prepared) -> list[Any]:
+        """The pipeline of a prepared batch, and a second one with the events for the shards whose guard
+        had seen a position of the batch (after a crash: the script then sorts replays out one by one)."""
+        replies = super().send(prepared)
+        again = [n for n, reply in enumerate(replies) if reply == b"?"]
+        if again:
+            detailed = []
+            for n in again:
+                keys, args = prepared.script_calls[n]
+                rows = [[str(p), d.offset, d.index, _TYPE_INDEX[d.event.type], d.event.ts, int(d.stats_late), number]
+                        for p, d, number in prepared.calls[n].events]
+                detailed.append((keys, [*args, _msgpack.encode(rows)]))
+            for n, reply in zip(again, self.script.run(self.client, detailed), strict=True):
+                replies[n] = reply
+        return replies
 
     def finish(self, prepared: Prepared, replies: list[Any]) -> list[EntityWriteResult]:
         """Read the replies of :meth:`send`: one result per kind."""
         results = {kind: EntityWriteResult(kind, no_entity=n) for kind, n in prepared.kinds.items()}
         for call, reply in zip(prepared.calls, replies, strict=True):
             res = results[call.kind]
-            statuses = reply.decode()
             res.calls += 1
-            res.applied += statuses.count("A")
-            res.late += statuses.count("L")
-            res.replayed += statuses.count("R")
+            if reply == b"":
+                res.applied += len(call.events) - call.late
+                res.late += call.late
+            else:
+                statuses = reply.decode()
+                res.applied += statuses.count("A")
+                res.late += statuses.count("L")
+                res.replayed += statuses.count("R")
         return list(results.values())
 
     def write(self, firsts: Batch, kinds: Sequence[Literal["item", "author"]] = ("item", "author")) -> list[

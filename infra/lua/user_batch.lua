@@ -13,7 +13,8 @@
 --         { type index, capacity, ... } }
 -- ARGV[2] (msgpack, the batch): { parts, users, cats, events }; ARGV[3] the tile slot images (binary);
 -- ARGV[4] the Bloom bitmaps (binary: per user and slice, all of its impressions at the first sub-slice's size)
---   parts:  { { partition, dedup KEYS index, dedup-times KEYS index, watermark ms }, ... }
+--   parts:  { { partition, dedup KEYS index, dedup-times KEYS index, watermark ms,
+--               { first offset, first index, last offset, last index } of the partition in the batch }, ... }
 --   users:  { { tile KEYS index, Bloom index KEYS index or 0, slice key prefix, { type, KEYS index, ... },
 --               { { slice start, first bitmap byte }, ... }, tile cells, first image byte }, ... }
 --   cats:   { { tile KEYS index, tile cells, first image byte }, ... }          (user x category blobs)
@@ -44,7 +45,7 @@ for i = 1, #H[7], 2 do seq_cap[H[7][i]] = H[7][i + 1] end
 local A = cmsgpack.unpack(ARGV[2])
 local parts, users, cats, ev = {}, {}, {}, A[4]
 for p, x in ipairs(A[1]) do
-  parts[p] = { field = x[1], dd = KEYS[x[2]], ddt = KEYS[x[3]], wm = x[4], ids = {}, evs = {} }
+  parts[p] = { field = x[1], dd = KEYS[x[2]], ddt = KEYS[x[3]], wm = x[4], span = x[5], ids = {}, evs = {} }
 end
 for u, x in ipairs(A[2]) do
   local usr = { tiles = KEYS[x[1]], bidx = x[2] > 0 and KEYS[x[2]] or nil, prefix = x[3], seq = {},
@@ -68,6 +69,10 @@ local fields = {}
 for p = 1, #parts do fields[p] = parts[p].field end
 local guard = guard_load(KEYS[1], fields)
 for _, part in ipairs(parts) do
+  -- every position of the batch's span is after its first: none is a replay unless the first is
+  local s = part.span
+  part.fresh = not guard_replay(guard, part.field, s[1], s[2])
+  if part.fresh then guard.top[part.field] = { s[3], s[4] } end
   part.stored = {}
   for i = 1, #part.ids, CHUNK do
     local got = redis.call('HMGET', part.dd, unpack(part.ids, i, math.min(i + CHUNK - 1, #part.ids)))
@@ -95,18 +100,17 @@ local seq_adds = {}  -- sequence key -> { type, list of score/member }
 for i, e in ipairs(ev) do
   local part = parts[e[P]]
   local off, idx, id = e[OFF], e[IDX], e[ID]
-  local here = string.format('%d:%d', off, idx)
-  if guard_replay(guard, part.field, off, idx) then
+  if not part.fresh and guard_replay(guard, part.field, off, idx) then
     -- first iff its dedup entry names this position; an entry gone beyond the dedup horizon is an
     -- event older than the watermark, whose item / author update could not change any count: not first
-    status[i] = (part.stored[i] == here) and 'R' or 'r'
+    status[i] = (part.stored[i] == string.format('%d:%d', off, idx)) and 'R' or 'r'
   elseif part.seen[id] or part.stored[i] or (part.old_cut and e[TS] < part.old_cut and in_sequence(e)) then
     status[i] = 'D'
   else
     status[i] = 'A'
     part.seen[id] = true
     local dd, ddt = part.dd_new, part.ddt_new
-    dd[#dd + 1] = id; dd[#dd + 1] = here
+    dd[#dd + 1] = id; dd[#dd + 1] = string.format('%d:%d', off, idx)
     ddt[#ddt + 1] = e[TS]; ddt[#ddt + 1] = id
     if not part.newest or e[TS] > part.newest then part.newest = e[TS] end
     local usr = users[e[U]]
