@@ -60,6 +60,7 @@ class KafkaSettings(_Section):
     events_topic: str = "recstream-events"
     items_topic: str = "recstream-items"
     dlq_topic: str = "recstream-dlq"
+    samples_topic: str = "recstream-samples"
     retention_ms: int = Field(35 * MS_PER_DAY, ge=MS_PER_HOUR)
     jars_dir: str = Field(
         "", description="broker jar cache; empty = $XDG_CACHE_HOME/recstream/kafka-<version>/libs"
@@ -166,6 +167,34 @@ class StatsSettings(_Section):
     )
 
 
+class JoinSettings(_Section):
+    """The label join: impressions meet their actions in event time (docs/samples.md)."""
+
+    enabled: bool = True
+    windows_ms: dict[str, int] = Field(
+        default_factory=lambda: {"click": 30 * 60_000, "like": 2 * MS_PER_HOUR, "collect": 2 * MS_PER_HOUR,
+                                 "share": 2 * MS_PER_HOUR, "comment": 2 * MS_PER_HOUR},
+        description="attribution window per action, from the impression's ts (event time)",
+    )
+    history: int = Field(50, ge=0, le=1000, description="clicked item ids per sample (newest first)")
+    alpha: float = Field(1.0, gt=0, le=1, description="share of click-free impressions kept (negative downsampling)")
+    idle_flush_s: float = Field(
+        0.0, ge=0, description="close every open window of a partition after this much wall time without "
+        "events (live traffic only; 0 = off, the exact event-time behaviour)",
+    )
+    idle_user_ms: int = Field(
+        30 * MS_PER_DAY, ge=1, description="event time after which a user with nothing open forgets its clicks",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> JoinSettings:
+        # the action names are checked against the event contract by filters.labels.JoinConfig
+        if any(v < 0 for v in self.windows_ms.values()):
+            msg = "join.windows_ms values must be >= 0"
+            raise ValueError(msg)
+        return self
+
+
 class ProducerSettings(_Section):
     """How :class:`stream.producer.EventProducer` packs events into batched records (docs/events.md)."""
 
@@ -200,6 +229,7 @@ class Settings(BaseSettings):
     lastn: LastNSettings = LastNSettings()
     stats: StatsSettings = StatsSettings()
     producer: ProducerSettings = ProducerSettings()
+    join: JoinSettings = JoinSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,126 @@
+"""A brute-force label join over raw events, written apart from filters.labels (shared by unit and
+integration tests). Quadratic and declarative: every question is answered by scanning the partition.
+
+Per partition, in order: first deliveries only (by event_id), the watermark before each event
+(max ts so far − lateness). An action joins the newest impression delivered before it that is still
+open at its position and matches it; failing that, the first impression delivered after it that
+matches while the action has not expired. Samples are then read off the joins.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import mmh3
+
+ACTIONS = ("click", "like", "collect", "share", "comment")
+SEED = 0x5A3D1E
+
+
+@dataclass(frozen=True)
+class JEv:
+    event_id: str
+    type: str
+    user_id: str
+    item_id: str
+    ts: int
+    request_id: str | None = None
+    position: int | None = None
+    category: str | None = None
+    author_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Params:
+    windows: dict[str, int]
+    lateness: int
+    history: int = 50
+    capacity: int = 200
+    alpha: float = 1.0
+    idle: int = 30 * 86_400_000
+
+    @property
+    def wmax(self) -> int:
+        return max(self.windows.values())
+
+
+def sid(kind: str, event_id: str) -> str:
+    key = kind + "\0" + event_id
+    return f"s1-{mmh3.hash128(key, SEED, signed=False):032x}"
+
+
+def kept(s: str, alpha: float) -> bool:
+    return alpha >= 1.0 or mmh3.hash64(s, SEED, signed=False)[0] < alpha * 2.0**64
+
+
+def _firsts_with_watermarks(events: list[JEv], lateness: int) -> list[tuple[JEv, int]]:
+    out, seen, top = [], set(), None
+    for ev in events:
+        wm = -1 if top is None else top - lateness
+        top = ev.ts if top is None else max(top, ev.ts)
+        if ev.event_id not in seen:
+            seen.add(ev.event_id)
+            out.append((ev, wm))
+    return out
+
+
+def _match(imp: JEv, act: JEv, p: Params) -> bool:
+    if imp.item_id != act.item_id or (act.request_id is not None and act.request_id != imp.request_id):
+        return False
+    return imp.ts <= act.ts <= imp.ts + p.windows[act.type]
+
+
+def _history(rows: list[tuple[JEv, int]], at: int, p: Params) -> list[str]:
+    """The user's click log just before position ``at``: clicks after the last idle reset, top capacity."""
+    user, ts = rows[at][0].user_id, rows[at][0].ts
+    mine = [(k, ev, wm) for k, (ev, wm) in enumerate(rows[:at]) if ev.user_id == user]
+    start, newest = 0, None
+    for k, ev, wm in [*mine, (at, rows[at][0], rows[at][1])]:
+        if newest is not None and wm >= newest + p.idle:
+            start = k
+        newest = ev.ts if newest is None else max(newest, ev.ts)
+    clicks = sorted({(ev.ts, ev.event_id, ev.item_id) for k, ev, _ in mine if k >= start and ev.type == "click"})
+    clicks = clicks[-p.capacity:]
+    return [c[2] for c in sorted((c for c in clicks if c[0] < ts), reverse=True)[: p.history]]
+
+
+def join_partition(events: list[JEv], p: Params) -> dict[str, dict[str, object]]:
+    """sample_id -> the sample's fields, for one partition's events in partition order."""
+    rows = _firsts_with_watermarks(events, p.lateness)
+    final_wm = rows[-1][1] if rows else -1
+    if rows:
+        final_wm = max(ev.ts for ev, _ in rows) - p.lateness
+    accepted = {k for k, (ev, wm) in enumerate(rows) if ev.type == "impression" and wm < ev.ts + p.wmax}
+    joined: dict[int, list[int]] = defaultdict(list)  # impression position -> action positions
+    for j, (act, wm_j) in enumerate(rows):
+        if act.type == "impression":
+            continue
+        horizon = act.ts - p.windows[act.type] + p.wmax
+        before = [k for k in accepted if k < j and rows[k][0].user_id == act.user_id
+                  and wm_j < rows[k][0].ts + p.wmax and _match(rows[k][0], act, p)]
+        if before:
+            joined[max(before, key=lambda k: (rows[k][0].ts, rows[k][0].event_id))].append(j)
+            continue
+        if wm_j >= horizon:
+            continue  # late
+        after = [k for k in sorted(accepted) if k > j and rows[k][0].user_id == act.user_id
+                 and rows[k][1] < horizon and _match(rows[k][0], act, p)]
+        if after:
+            joined[after[0]].append(j)
+    out: dict[str, dict[str, object]] = {}
+    for k in accepted:
+        imp = rows[k][0]
+        acts = [rows[j][0] for j in sorted(joined[k])]
+        base = {"user_id": imp.user_id, "item_id": imp.item_id, "request_id": imp.request_id,
+                "impression_ts": imp.ts, "category": imp.category, "author_id": imp.author_id,
+                "history": _history(rows, k, p), "alpha": p.alpha}
+        clicks = [a for a in acts if a.type == "click"]
+        if clicks:
+            out[sid("positive", imp.event_id)] = {"kind": "positive", **base, "ts": clicks[0].ts}
+        if final_wm >= imp.ts + p.wmax:
+            s = sid("impression", imp.event_id)
+            labels = {a: int(any(x.type == a for x in acts)) for a in ACTIONS}
+            if labels["click"] or kept(s, p.alpha):
+                out[s] = {"kind": "impression", **base, "ts": imp.ts, "labels": labels, "position": imp.position}
+    return out
