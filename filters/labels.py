@@ -45,6 +45,7 @@ import mmh3
 import msgspec
 
 from filters.events import ACTIONS, Event
+from infra.settings import Settings
 
 __all__ = ["Arrival", "JoinConfig", "JoinOutput", "PartitionJoin", "Sample", "UserJoin", "calibrate",
            "keeps", "sample_id"]
@@ -104,6 +105,12 @@ class JoinConfig:
         if self.idle_user_ms < self.max_window_ms:
             msg = "join.idle_user_ms must be >= the longest attribution window"
             raise ValueError(msg)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JoinConfig:
+        """The ``[join]`` settings; the click log holds as many clicks as the click sequence."""
+        j = settings.join
+        return cls(dict(j.windows_ms), j.history, settings.lastn.capacity.get("click", 200), j.alpha, j.idle_user_ms)
 
     @property
     def max_window_ms(self) -> int:
@@ -228,8 +235,9 @@ class PartitionJoin:
             for w in state.waiting:
                 self._expiring.append((config.horizon(w.type, w.ts), user, w.event_id))
             self._idle.append((state.newest + config.idle_user_ms, user))
-        for heap in (self._closing, self._expiring, self._idle):
-            heapq.heapify(heap)
+        heapq.heapify(self._closing)
+        heapq.heapify(self._expiring)
+        heapq.heapify(self._idle)
 
     def add(self, arrivals: Iterable[Arrival], out: JoinOutput) -> None:
         """Join first deliveries, in partition order."""

@@ -120,6 +120,11 @@ class KeyLayout:
         """Hash ``<event_id>`` -> ``"<offset>:<index>"`` of its first delivery (user shard, source partition)."""
         return f"{LAYOUT}:{self.shard_tag('user', shard)}:dd:{partition}"
 
+    def join_state(self, shard: int, partition: int) -> str:
+        """Hash ``<user_id>`` -> the user's label-join state (msgpack), ``"\\0pos"`` -> ``"<offset>:<index>"``
+        of the source position it holds (user shard, source partition)."""
+        return f"{LAYOUT}:{self.shard_tag('user', shard)}:jn:{partition}"
+
     def dedup_times(self, shard: int, partition: int) -> str:
         """Sorted set of the same event ids scored by event time, to trim the dedup horizon."""
         return f"{LAYOUT}:{self.shard_tag('user', shard)}:ddt:{partition}"

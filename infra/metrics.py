@@ -90,6 +90,26 @@ WRITE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 
+# --- the label join --------------------------------------------------------------------------------
+JOIN_SAMPLES = Counter(
+    "recstream_join_samples", "Samples emitted to the samples topic (impression: one per label set, or none)",
+    ["kind", "label"],
+)
+JOIN_ACTIONS = Counter(
+    "recstream_join_actions", "Actions by join outcome (joined, late = every window it could join had closed, "
+    "no_impression = waited and none came)", ["action", "outcome"],
+)
+JOIN_IMPRESSIONS = Counter(
+    "recstream_join_impressions", "Impressions not sampled (late = window closed on arrival, downsampled)",
+    ["outcome"],
+)
+JOIN_OPEN = Gauge("recstream_join_open", "Open join state of this worker's partitions", ["kind"])
+JOIN_STATE_BYTES = Gauge("recstream_join_state_bytes", "Checkpointed join state of this worker's partitions")
+JOIN_EMIT_DELAY = Histogram(
+    "recstream_join_emit_delay_seconds", "Wall time from an impression's ts to its sample's emission", ["kind"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 7200, 14400),
+)
+
 # --- serving ---------------------------------------------------------------------------------------
 SERVING_SECONDS = Histogram(
     "recstream_serving_seconds", "FeatureClient call latency", ["method"],

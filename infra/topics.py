@@ -1,7 +1,8 @@
 """Create recstream's Kafka topics up front (the broker runs with ``auto.create.topics.enable=false``).
 
->>> [(s.name, s.config) for s in topic_specs(Settings())]
-[('recstream-events', {}), ('recstream-dlq', {}), ('recstream-items', {'cleanup.policy': 'compact'})]
+>>> [(s.name, s.config) for s in topic_specs(Settings())]  # doctest: +NORMALIZE_WHITESPACE
+[('recstream-events', {}), ('recstream-dlq', {}), ('recstream-samples', {}),
+ ('recstream-items', {'cleanup.policy': 'compact'})]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(k.events_topic, p),
         TopicSpec(k.dlq_topic, p),
+        TopicSpec(k.samples_topic, p),
         TopicSpec(k.items_topic, p, {"cleanup.policy": "compact"}),
     ]
 

@@ -25,7 +25,8 @@ class Delivery(msgspec.Struct, frozen=True):
     ``stats_late`` means the event is older than the partition watermark: it still enters the
     last-N sequences and the exposure filters but is left out of every statistic. ``category`` /
     ``author_id`` come from the event, else from the item metadata (the stage resolves them;
-    ``None`` = unknown).
+    ``None`` = unknown). ``watermark`` is the partition's event-time watermark just before this delivery
+    (what the label join closes windows on; -1 before the partition's first event).
     """
 
     offset: int
@@ -34,3 +35,4 @@ class Delivery(msgspec.Struct, frozen=True):
     category: str | None = None
     author_id: str | None = None
     index: int = 0
+    watermark: int = -1

@@ -4,12 +4,14 @@
 (single-event or batched; invalid → dead letter, alone), event-time clocks, item-metadata enrichment,
 then one :class:`~stream.writers.UserBatchWriter` pipeline for exposure filters, last-N sequences and
 user statistics, and one :class:`~stream.writers.EntityBatchWriter` pipeline that applies the batch's
-first deliveries to item and author statistics. :class:`ItemMetaStage` stores item metadata. The Faust
+first deliveries to item and author statistics; the label join (:mod:`stream.join_stage`) then turns
+the batch's first deliveries into samples. :class:`ItemMetaStage` stores item metadata. The Faust
 agents in :mod:`stream.app` are thin adapters.
 
 A stage's :meth:`process` returns a :class:`StageOutput`; the caller sends its dead letters, waits until
-the broker acknowledged them, then calls :meth:`StageOutput.commit` (it persists the event-time clocks),
-and only then lets Faust commit the offsets: Redis → dead letters → watermark → offsets
+the broker acknowledged them, then calls :meth:`StageOutput.commit` (it waits for the samples'
+acknowledgements, checkpoints the join, persists the event-time clocks), and only then lets Faust commit
+the offsets: Redis → dead letters and samples → join checkpoint → watermark → offsets
 (docs/architecture.md).
 """
 
@@ -32,6 +34,7 @@ from infra.keys import KeyLayout
 from infra.settings import Settings
 from stream.batching import KeyPartitioner
 from stream.deliveries import Delivery
+from stream.join_stage import JoinStage, KafkaSampleSink, SampleSink
 from stream.watermarks import WatermarkStore
 from stream.write_plan import Prepared, split_batch
 from stream.writers import EntityBatchWriter, UserBatchWriter
@@ -147,11 +150,14 @@ class _Attempt:
 class IngestStage:
     """User-keyed stage over the events topic (see module docstring)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, clock: Clock = now_ms) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, clock: Clock = now_ms,
+                 samples: SampleSink | None = None) -> None:
         self._redis = client
         self._settings = settings
         self._clock = clock
         self._keys = KeyLayout(settings.redis.shards)
+        self._join = (JoinStage(client, settings, samples or KafkaSampleSink(settings), clock)
+                      if settings.join.enabled else None)
         self._clocks = WatermarkStore(
             client, settings.worker.app_id, settings.kafka.events_topic, settings.stats.allowed_lateness_ms, clock
         )
@@ -167,34 +173,45 @@ class IngestStage:
         if not valid:
             return out
         clocks = self._clocks.load(rec.partition for rec, _, _ in valid)
+        persisted = {p: (c.offset, c.index) for p, c in clocks.items()}
         meta = self._item_meta(ev for _, _, ev in valid if ev.category is None or ev.author_id is None)
         batch: dict[int, list[Delivery]] = defaultdict(list)
         for rec, index, ev in valid:
             clock = clocks[rec.partition]
             if clock.covers(rec.offset, index):
                 continue  # applied (user, item and author shards) and inside the persisted clock before a crash
+            watermark = clock.watermark
             late = clock.observe(ev.ts, rec.offset, index)
             category, author = ev.category, ev.author_id
             if category is None or author is None:
                 known = meta.get(ev.item_id, (None, None))
                 category = category if category is not None else known[0]
                 author = author if author is not None else known[1]
-            batch[rec.partition].append(Delivery(rec.offset, ev, late, category, author, index))
+            batch[rec.partition].append(Delivery(rec.offset, ev, late, category, author, index, watermark))
         started = time.perf_counter()
-        self._write(batch, {p: c.watermark for p, c in clocks.items()})
+        firsts = self._write(batch, {p: c.watermark for p, c in clocks.items()})
         metrics.WRITE_SECONDS.labels(stage="ingest").observe(time.perf_counter() - started)
-        out.commit = lambda: self._clocks.save(clocks)
+        if self._join is None:
+            out.commit = lambda: self._clocks.save(clocks)
+        else:
+            commit_join = self._join.run(firsts, clocks, persisted)
+
+            def commit() -> None:
+                commit_join()
+                self._clocks.save(clocks)
+
+            out.commit = commit
         self._observe_processed(ev for _, _, ev in valid)
         return out
 
-    def _write(self, batch: dict[int, list[Delivery]], watermarks: dict[int, int]) -> None:
+    def _write(self, batch: dict[int, list[Delivery]], watermarks: dict[int, int]) -> dict[int, list[Delivery]]:
         """Write the batch chunk by chunk, keeping Redis busy while this thread works: the next chunks'
         user-shard pipelines are queued before chunk k's item/author pipeline is even prepared.
 
         The I/O thread runs pipelines one at a time in submission order, so every shard sees a source
         partition's positions in order; chunk k's entity pipeline follows its user pipeline (it needs its
         statuses). A crash between them is a replay: the user shards answer ``R`` and the entity guards
-        apply what they had not seen.
+        apply what they had not seen. Returns the batch's first deliveries, per partition in order.
         """
         users, entities, io, attempt = self._users, self._entities, self._io, _Attempt()
         chunks = split_batch(batch, self._settings.worker.write_chunk_events)
@@ -209,17 +226,22 @@ class IngestStage:
         for k in range(min(ahead, len(chunks))):
             queue_user(k)
         entity_jobs: list[tuple[Prepared, Future[list[Any]]]] = []
+        firsts: dict[int, list[Delivery]] = defaultdict(list)
         for k, chunk in enumerate(chunks):
             prepared, sent = inflight.pop(0)
             result = users.finish(prepared, sent.result())
             queue_user(k + ahead)
             result.record_metrics(chunk)
-            firsts = entities.prepare(result.first_deliveries(chunk))
-            entity_jobs.append((firsts, io.submit(attempt.run, entities.send, firsts)))
+            chunk_firsts = result.first_deliveries(chunk)
+            for p, ds in chunk_firsts.items():
+                firsts[p] += ds
+            entity_prepared = entities.prepare(chunk_firsts)
+            entity_jobs.append((entity_prepared, io.submit(attempt.run, entities.send, entity_prepared)))
             while entity_jobs and (entity_jobs[0][1].done() or k == len(chunks) - 1):
                 job, done = entity_jobs.pop(0)
                 for res in entities.finish(job, done.result()):
                     res.record_metrics()
+        return firsts
 
     def _item_meta(self, events: Iterable[Event]) -> dict[str, tuple[str | None, str | None]]:
         items = sorted({ev.item_id for ev in events})

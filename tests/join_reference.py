@@ -9,10 +9,12 @@ matches while the action has not expired. Samples are then read off the joins.
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 
 import mmh3
+import msgspec
 
 ACTIONS = ("click", "like", "collect", "share", "comment")
 SEED = 0x5A3D1E
@@ -52,6 +54,13 @@ def sid(kind: str, event_id: str) -> str:
 
 def kept(s: str, alpha: float) -> bool:
     return alpha >= 1.0 or mmh3.hash64(s, SEED, signed=False)[0] < alpha * 2.0**64
+
+
+def record(sample: object) -> dict[str, object]:
+    """A product sample as its JSON record reads, without its id (the reference's keys)."""
+    fields = msgspec.json.decode(msgspec.json.encode(sample))
+    fields.pop("sample_id")
+    return fields
 
 
 def _firsts_with_watermarks(events: list[JEv], lateness: int) -> list[tuple[JEv, int]]:
@@ -123,4 +132,42 @@ def join_partition(events: list[JEv], p: Params) -> dict[str, dict[str, object]]
             labels = {a: int(any(x.type == a for x in acts)) for a in ACTIONS}
             if labels["click"] or kept(s, p.alpha):
                 out[s] = {"kind": "impression", **base, "ts": imp.ts, "labels": labels, "position": imp.position}
+    return out
+
+
+M = 60_000
+
+
+def random_stream(seed: int, n: int = 600, users: int = 4, t0: int = 1_000 * M) -> list[JEv]:
+    """Impressions and actions of a few users on few items: actions before, inside and after their
+    windows, delivered before their impressions, without request ids, duplicated, with a long idle gap."""
+    rng = random.Random(seed)
+    out: list[JEv] = []
+    t = t0
+    impressions: list[JEv] = []
+    for k in range(n):
+        t += rng.randrange(0, 40_000)
+        if k == n // 2:
+            t += 3 * 60 * M  # idle gap: users forget their clicks (idle 2 h in these tests)
+        user, item = f"u{rng.randrange(users)}", f"i{rng.randrange(6)}"
+        roll = rng.random()
+        if roll < 0.45 or not impressions:
+            ev = JEv(f"e{k}", "impression", user, item, t + rng.randrange(-5 * M, M), f"r{rng.randrange(3)}",
+                     rng.randrange(10), rng.choice(["c1", None]), rng.choice(["a1", None]))
+            impressions.append(ev)
+        elif roll < 0.9:
+            imp = rng.choice(impressions[-12:])
+            action = rng.choice(["click", "click", "like", "collect", "share", "comment"])
+            ts = imp.ts + rng.choice([rng.randrange(0, 12 * M), rng.randrange(0, 40 * M), -rng.randrange(M)])
+            request = imp.request_id if rng.random() < 0.6 else None
+            ev = JEv(f"e{k}", action, imp.user_id, imp.item_id, ts, request)
+        else:
+            ev = JEv(f"e{k}", rng.choice(["click", "like"]), user, item, t, None)  # no impression
+        out.append(ev)
+        if rng.random() < 0.05:
+            out.insert(rng.randrange(len(out)), out[rng.randrange(len(out))])  # a duplicate delivery
+    # reorder a little: some actions are delivered before their impressions
+    for _ in range(n // 10):
+        k = rng.randrange(1, len(out))
+        out[k - 1], out[k] = out[k], out[k - 1]
     return out

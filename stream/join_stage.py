@@ -1,0 +1,213 @@
+"""The label join in the ingest stage: a batch's first deliveries through :mod:`filters.labels`, samples
+to the samples topic, the join state checkpointed in Redis (docs/samples.md).
+
+The worker that owns a source partition keeps its join state in memory and checkpoints what a batch
+changed: one ``join_save.lua`` call per user shard, a hash of per-user msgpack states plus the source
+position they hold. The commit order extends the ingest stage's: feature writes → samples and dead
+letters acknowledged by the broker → join checkpoint → watermark → offsets. So a crash re-derives at most
+the samples of the batches whose checkpoint was not written (the same ids: consumers drop duplicates by
+``sample_id``), and never loses one.
+
+The memory of a partition is trusted only while its position equals the persisted clock's: after a
+restart, a rebalance, or a failed batch it is loaded again from the checkpoint, and a shard whose
+checkpoint is ahead of the clock skips the positions it already holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+import redis
+
+from filters.labels import Arrival, JoinConfig, JoinOutput, PartitionJoin, Sample, UserJoin
+from infra import metrics
+from infra.clock import Clock, now_ms
+from infra.keys import KeyLayout
+from infra.lua import Script
+from infra.settings import MS_PER_DAY, Settings
+from stream.deliveries import Delivery
+from stream.producer import EventProducer
+from stream.watermarks import PartitionClock
+
+__all__ = ["JoinStage", "KafkaSampleSink", "SampleSink"]
+
+POS_FIELD = b"\x00pos"
+_encode_state = msgspec.msgpack.Encoder().encode
+_decode_state = msgspec.msgpack.Decoder(UserJoin).decode
+_encode_sample = msgspec.json.Encoder().encode
+
+Position = tuple[int, int]
+
+
+class SampleSink(Protocol):
+    """Where samples go: :meth:`send` queues them, :meth:`flush` returns once all are acknowledged."""
+
+    def send(self, samples: Sequence[Sample]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class KafkaSampleSink:
+    """Samples as JSON records on ``kafka.samples_topic``, keyed by ``user_id`` (one producer, idempotent)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from stream.producer import EventProducer
+
+        self._topic = settings.kafka.samples_topic
+        self._producer = EventProducer(settings)
+
+    def send(self, samples: Sequence[Sample]) -> None:
+        for s in samples:
+            self._producer.send_raw(self._topic, s.user_id.encode(), _encode_sample(s))
+
+    def flush(self) -> None:
+        self._producer.flush(60.0)
+
+
+@dataclass
+class _Partition:
+    """One partition's join in memory, the position it holds, and the shard checkpoints ahead of it."""
+
+    join: PartitionJoin
+    position: Position
+    ahead: dict[int, Position] = field(default_factory=dict)  # shard -> position its checkpoint holds
+    state_bytes: dict[str, int] = field(default_factory=dict)  # user -> checkpointed state size
+
+
+def _position(raw: bytes | None) -> Position:
+    if raw is None:
+        return (-1, -1)
+    offset, index = raw.split(b":")
+    return (int(offset), int(index))
+
+
+class JoinStage:
+    """Runs the join for the ingest stage; :meth:`run` returns the batch's commit step."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, sink: SampleSink, clock: Clock = now_ms) -> None:
+        self._redis = client
+        self._config = JoinConfig.from_settings(settings)
+        self._keys = KeyLayout(settings.redis.shards)
+        self._script = Script("join_save.lua")
+        self._sink = sink
+        self._clock = clock
+        self._ttl_ms = settings.kafka.retention_ms + settings.bloom.safety_ttl_days * MS_PER_DAY
+        self._parts: dict[int, _Partition] = {}
+
+    def run(self, firsts: Mapping[int, Sequence[Delivery]], clocks: Mapping[int, PartitionClock],
+            persisted: Mapping[int, Position]) -> Callable[[], None]:
+        """Join the first deliveries of a batch (``partition -> deliveries`` in order; ``clocks`` after the
+        batch, ``persisted`` their positions before it) and queue its samples. Call the returned function
+        after the batch's feature writes: it waits for the samples' acknowledgements and checkpoints."""
+        saves: list[tuple[int, int, Position, dict[str, UserJoin | None]]] = []
+        try:
+            for p, clock in clocks.items():
+                part = self._partition(p, persisted[p])
+                out = JoinOutput()
+                part.join.add(self._arrivals(p, part, firsts.get(p, ())), out)
+                part.join.close(clock.watermark, out)
+                position = (clock.offset, clock.index)
+                for shard, changed in self._by_shard(out).items():
+                    saves.append((p, shard, position, changed))
+                part.position = position
+                if part.ahead and all(pos <= position for pos in part.ahead.values()):
+                    part.ahead.clear()
+                self._sink.send(out.samples)
+                self._observe(out)
+        except BaseException:
+            for p in clocks:
+                self._parts.pop(p, None)  # memory may be half-changed: load the checkpoint next time
+            raise
+        return lambda: self._commit(saves)
+
+    def _partition(self, p: int, persisted: Position) -> _Partition:
+        part = self._parts.get(p)
+        if part is None or part.position != persisted:
+            part = self._parts[p] = self._load(p, persisted)
+        return part
+
+    def _arrivals(self, p: int, part: _Partition, deliveries: Sequence[Delivery]) -> list[Arrival]:
+        ahead, shard_of = part.ahead, self._keys.shard
+        return [Arrival(d.event, d.watermark, d.category, d.author_id) for d in deliveries
+                if not ahead or (d.offset, d.index) > ahead.get(shard_of("user", d.event.user_id), (-1, -1))]
+
+    def _by_shard(self, out: JoinOutput) -> dict[int, dict[str, UserJoin | None]]:
+        groups: dict[int, dict[str, UserJoin | None]] = {}
+        for user, state in out.changed.items():
+            groups.setdefault(self._keys.shard("user", user), {})[user] = state
+        return groups
+
+    def _load(self, p: int, persisted: Position) -> _Partition:
+        """The checkpoint of partition ``p`` (every user shard), trusted from the ``persisted`` clock on."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self._keys.shards):
+            pipe.hgetall(self._keys.join_state(shard, p))
+        users: dict[str, UserJoin] = {}
+        sizes: dict[str, int] = {}
+        ahead: dict[int, Position] = {}
+        for shard, fields in enumerate(pipe.execute()):
+            for name, blob in fields.items():
+                if name == POS_FIELD:
+                    pos = _position(blob)
+                    if pos > persisted:
+                        ahead[shard] = pos
+                    continue
+                users[name.decode()] = _decode_state(blob)
+                sizes[name.decode()] = len(blob)
+        return _Partition(PartitionJoin(self._config, users), persisted, ahead, sizes)
+
+    def _commit(self, saves: list[tuple[int, int, Position, dict[str, UserJoin | None]]]) -> None:
+        self._sink.flush()
+        calls = []
+        for p, shard, (offset, index), changed in saves:
+            part = self._parts.get(p)
+            args: list[bytes | str | int] = []
+            gone: list[str] = []
+            for user, state in changed.items():
+                if state is None:
+                    gone.append(user)
+                    if part is not None:
+                        part.state_bytes.pop(user, None)
+                else:
+                    blob = _encode_state(state)
+                    args += [user, blob]
+                    if part is not None:
+                        part.state_bytes[user] = len(blob)
+            calls.append(([self._keys.join_state(shard, p)], [f"{offset}:{index}", self._ttl_ms, len(args) // 2,
+                                                                *args, *gone]))
+        if calls:
+            self._script.run(self._redis, calls)
+        metrics.JOIN_STATE_BYTES.set(sum(sum(part.state_bytes.values()) for part in self._parts.values()))
+
+    def _observe(self, out: JoinOutput) -> None:
+        for (family, a, b), n in out.counts.items():
+            if family == "samples":
+                metrics.JOIN_SAMPLES.labels(kind=a, label=b).inc(n)
+            elif family == "actions":
+                metrics.JOIN_ACTIONS.labels(action=a, outcome=b).inc(n)
+            else:
+                metrics.JOIN_IMPRESSIONS.labels(outcome=a).inc(n)
+        now = self._clock()
+        for s in out.samples:
+            metrics.JOIN_EMIT_DELAY.labels(kind=s.kind).observe(max(0.0, (now - s.impression_ts) / 1000))
+        metrics.JOIN_OPEN.labels(kind="impressions").set(sum(x.join.open_impressions for x in self._parts.values()))
+        metrics.JOIN_OPEN.labels(kind="waiting_actions").set(sum(x.join.open_waiting for x in self._parts.values()))
+
+    def flush_idle(self, idle_s: float, last_seen: Mapping[int, float]) -> Callable[[], None] | None:
+        """Close every window of the partitions without events for ``idle_s`` of wall time (live traffic
+        only: ``join.idle_flush_s``); returns the commit of what that emitted, or None."""
+        now = time.monotonic()
+        saves = []
+        for p, part in self._parts.items():
+            if now - last_seen.get(p, now) < idle_s or not part.join.open_impressions:
+                continue
+            out = JoinOutput()
+            part.join.close_all(out)
+            saves += [(p, shard, part.position, changed) for shard, changed in self._by_shard(out).items()]
+            self._sink.send(out.samples)
+            self._observe(out)
+        return (lambda: self._commit(saves)) if saves else None
