@@ -124,16 +124,18 @@ class JoinConfig:
 
 class Arrival(msgspec.Struct, frozen=True):
     """One first delivery as the join sees it: the event (category / author resolved) and the partition
-    watermark in force just before it."""
+    watermark in force just before it. ``log_only`` clicks only enter the click log (idempotent)."""
 
     event: Event
     watermark: int
     category: str | None = None
     author_id: str | None = None
+    log_only: bool = False  # a click to log for histories, not to join (a replay the dedup cannot place)
 
 
-class Sample(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One record of the samples topic (docs/samples.md); ``labels`` / ``position`` only on impressions."""
+class Sample(msgspec.Struct, frozen=True, kw_only=True):
+    """One record of the samples topic (docs/samples.md); ``labels`` and ``position`` are null on
+    positives (``position`` also when the impression carried none)."""
 
     kind: Literal["positive", "impression"]
     sample_id: str
@@ -252,7 +254,10 @@ class PartitionJoin:
             if state.clicks and a.watermark >= state.newest + cfg.idle_user_ms:
                 state.clicks = []  # idle longer than idle_user_ms: the user's clicks are forgotten
             state.newest = max(state.newest, ev.ts)
-            if ev.type == "impression":
+            if a.log_only:
+                if ev.type == "click":
+                    state.log_click(ev.ts, ev.event_id, ev.item_id, cfg.click_capacity)
+            elif ev.type == "impression":
                 self._impression(state, a, out)
             else:
                 self._action(state, a, out)

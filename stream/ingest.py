@@ -189,12 +189,12 @@ class IngestStage:
                 author = author if author is not None else known[1]
             batch[rec.partition].append(Delivery(rec.offset, ev, late, category, author, index, watermark))
         started = time.perf_counter()
-        firsts = self._write(batch, {p: c.watermark for p, c in clocks.items()})
+        joined = self._write(batch, {p: c.watermark for p, c in clocks.items()})
         metrics.WRITE_SECONDS.labels(stage="ingest").observe(time.perf_counter() - started)
         if self._join is None:
             out.commit = lambda: self._clocks.save(clocks)
         else:
-            commit_join = self._join.run(firsts, clocks, persisted)
+            commit_join = self._join.run(joined, clocks, persisted)
 
             def commit() -> None:
                 commit_join()
@@ -204,14 +204,17 @@ class IngestStage:
         self._observe_processed(ev for _, _, ev in valid)
         return out
 
-    def _write(self, batch: dict[int, list[Delivery]], watermarks: dict[int, int]) -> dict[int, list[Delivery]]:
+    def _write(self, batch: dict[int, list[Delivery]], watermarks: dict[int, int]) -> dict[
+        int, list[tuple[Delivery, bool]]
+    ]:
         """Write the batch chunk by chunk, keeping Redis busy while this thread works: the next chunks'
         user-shard pipelines are queued before chunk k's item/author pipeline is even prepared.
 
         The I/O thread runs pipelines one at a time in submission order, so every shard sees a source
         partition's positions in order; chunk k's entity pipeline follows its user pipeline (it needs its
         statuses). A crash between them is a replay: the user shards answer ``R`` and the entity guards
-        apply what they had not seen. Returns the batch's first deliveries, per partition in order.
+        apply what they had not seen. Returns what the label join takes, per partition in order
+        (:meth:`~stream.writers.UserWriteResult.join_deliveries`).
         """
         users, entities, io, attempt = self._users, self._entities, self._io, _Attempt()
         chunks = split_batch(batch, self._settings.worker.write_chunk_events)
@@ -226,22 +229,21 @@ class IngestStage:
         for k in range(min(ahead, len(chunks))):
             queue_user(k)
         entity_jobs: list[tuple[Prepared, Future[list[Any]]]] = []
-        firsts: dict[int, list[Delivery]] = defaultdict(list)
+        joined: dict[int, list[tuple[Delivery, bool]]] = defaultdict(list)
         for k, chunk in enumerate(chunks):
             prepared, sent = inflight.pop(0)
             result = users.finish(prepared, sent.result())
             queue_user(k + ahead)
             result.record_metrics(chunk)
-            chunk_firsts = result.first_deliveries(chunk)
-            for p, ds in chunk_firsts.items():
-                firsts[p] += ds
-            entity_prepared = entities.prepare(chunk_firsts)
+            for p, pairs in result.join_deliveries(chunk).items():
+                joined[p] += pairs
+            entity_prepared = entities.prepare(result.first_deliveries(chunk))
             entity_jobs.append((entity_prepared, io.submit(attempt.run, entities.send, entity_prepared)))
             while entity_jobs and (entity_jobs[0][1].done() or k == len(chunks) - 1):
                 job, done = entity_jobs.pop(0)
                 for res in entities.finish(job, done.result()):
                     res.record_metrics()
-        return firsts
+        return joined
 
     def _item_meta(self, events: Iterable[Event]) -> dict[str, tuple[str | None, str | None]]:
         items = sorted({ev.item_id for ev in events})

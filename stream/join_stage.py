@@ -55,8 +55,6 @@ class KafkaSampleSink:
     """Samples as JSON records on ``kafka.samples_topic``, keyed by ``user_id`` (one producer, idempotent)."""
 
     def __init__(self, settings: Settings) -> None:
-        from stream.producer import EventProducer
-
         self._topic = settings.kafka.samples_topic
         self._producer = EventProducer(settings)
 
@@ -98,11 +96,12 @@ class JoinStage:
         self._ttl_ms = settings.kafka.retention_ms + settings.bloom.safety_ttl_days * MS_PER_DAY
         self._parts: dict[int, _Partition] = {}
 
-    def run(self, firsts: Mapping[int, Sequence[Delivery]], clocks: Mapping[int, PartitionClock],
+    def run(self, firsts: Mapping[int, Sequence[tuple[Delivery, bool]]], clocks: Mapping[int, PartitionClock],
             persisted: Mapping[int, Position]) -> Callable[[], None]:
-        """Join the first deliveries of a batch (``partition -> deliveries`` in order; ``clocks`` after the
-        batch, ``persisted`` their positions before it) and queue its samples. Call the returned function
-        after the batch's feature writes: it waits for the samples' acknowledgements and checkpoints."""
+        """Join the first deliveries of a batch (``partition -> (delivery, log the click only)`` in order;
+        ``clocks`` after the batch, ``persisted`` their positions before it) and queue its samples. Call
+        the returned function after the batch's feature writes: it waits for the samples' acknowledgements
+        and checkpoints."""
         saves: list[tuple[int, int, Position, dict[str, UserJoin | None]]] = []
         try:
             for p, clock in clocks.items():
@@ -130,9 +129,9 @@ class JoinStage:
             part = self._parts[p] = self._load(p, persisted)
         return part
 
-    def _arrivals(self, p: int, part: _Partition, deliveries: Sequence[Delivery]) -> list[Arrival]:
+    def _arrivals(self, p: int, part: _Partition, deliveries: Sequence[tuple[Delivery, bool]]) -> list[Arrival]:
         ahead, shard_of = part.ahead, self._keys.shard
-        return [Arrival(d.event, d.watermark, d.category, d.author_id) for d in deliveries
+        return [Arrival(d.event, d.watermark, d.category, d.author_id, log_only) for d, log_only in deliveries
                 if not ahead or (d.offset, d.index) > ahead.get(shard_of("user", d.event.user_id), (-1, -1))]
 
     def _by_shard(self, out: JoinOutput) -> dict[int, dict[str, UserJoin | None]]:

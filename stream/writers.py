@@ -54,7 +54,8 @@ def _ttls(settings: Settings, layout: TileLayout) -> tuple[int, int, int]:
 @dataclass
 class UserWriteResult:
     """What one user-stage batch did; ``statuses[p][i]`` belongs to ``batch[p][i]`` as passed in
-    (``A`` applied, ``D`` duplicate, ``R`` replay of a first delivery, ``r`` replay of a duplicate)."""
+    (``A`` applied, ``D`` duplicate, ``R`` replay of a first delivery, ``r`` replay of a duplicate, ``o``
+    replay of an event beyond the dedup horizon)."""
 
     statuses: dict[int, list[str]] = field(default_factory=dict)
     bloom_added: int = 0
@@ -71,9 +72,16 @@ class UserWriteResult:
         """The deliveries that are the first of their ``event_id`` (replays included), per partition."""
         return {p: [d for d, st in zip(ds, self.statuses[p], strict=True) if st in "AR"] for p, ds in batch.items()}
 
+    def join_deliveries(self, batch: Batch) -> dict[int, list[tuple[Delivery, bool]]]:
+        """What the label join takes, per partition: the first deliveries, and — flagged True, to be
+        logged as clicks only — the replayed clicks the dedup cannot tell apart from duplicates (``o``:
+        beyond the dedup horizon; logging a click twice is a no-op)."""
+        return {p: [(d, st == "o") for d, st in zip(ds, self.statuses[p], strict=True)
+                    if st in "AR" or (st == "o" and d.event.type == "click")] for p, ds in batch.items()}
+
     def record_metrics(self, batch: Batch) -> None:
         """Add this batch to the write-path collectors."""
-        metrics.REPLAYED_SKIPPED.labels(stage="user").inc(self.count("Rr"))
+        metrics.REPLAYED_SKIPPED.labels(stage="user").inc(self.count("Rro"))
         metrics.DUPLICATES_DROPPED.labels(stage="user").inc(self.count("D"))
         metrics.BLOOM_ADDS.inc(self.bloom_added)
         metrics.SCRIPT_CALLS.labels(stage="user").inc(self.calls)

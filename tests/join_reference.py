@@ -63,6 +63,14 @@ def record(sample: object) -> dict[str, object]:
     return fields
 
 
+def assert_same_samples(got: dict[str, dict[str, object]], want: dict[str, dict[str, object]]) -> None:
+    """``got == want``, failing with the differing fields of the first few samples."""
+    diff = [(k, {f: (got[k].get(f), want[k].get(f)) for f in {*got[k], *want[k]} if got[k].get(f) != want[k].get(f)})
+            for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+    assert not diff, diff[:3]
+    assert set(got) == set(want), (sorted(set(got) - set(want))[:3], sorted(set(want) - set(got))[:3])
+
+
 def _firsts_with_watermarks(events: list[JEv], lateness: int) -> list[tuple[JEv, int]]:
     out, seen, top = [], set(), None
     for ev in events:
@@ -126,7 +134,8 @@ def join_partition(events: list[JEv], p: Params) -> dict[str, dict[str, object]]
                 "history": _history(rows, k, p), "alpha": p.alpha}
         clicks = [a for a in acts if a.type == "click"]
         if clicks:
-            out[sid("positive", imp.event_id)] = {"kind": "positive", **base, "ts": clicks[0].ts}
+            out[sid("positive", imp.event_id)] = {"kind": "positive", **base, "ts": clicks[0].ts, "labels": None,
+                                                  "position": None}
         if final_wm >= imp.ts + p.wmax:
             s = sid("impression", imp.event_id)
             labels = {a: int(any(x.type == a for x in acts)) for a in ACTIONS}

@@ -24,7 +24,8 @@
 --   takes back the events the guard or the dedup refuses.
 -- Returns { statuses, Bloom items added, Bloom slices deleted, (type index, appended, trimmed) * types }
 --   statuses: one character per event, A applied (first delivery), D duplicate, R replay of a first
---   delivery, r replay of a duplicate (or of an event beyond the dedup horizon).
+--   delivery, r replay of a duplicate, o replay of an event whose dedup entry is gone (beyond the dedup
+--   horizon: first or duplicate, the script cannot tell).
 
 local CHUNK = 2000
 local function chunked(cmd, key, list)
@@ -103,7 +104,10 @@ for i, e in ipairs(ev) do
   if not part.fresh and guard_replay(guard, part.field, off, idx) then
     -- first iff its dedup entry names this position; an entry gone beyond the dedup horizon is an
     -- event older than the watermark, whose item / author update could not change any count: not first
-    status[i] = (part.stored[i] == string.format('%d:%d', off, idx)) and 'R' or 'r'
+    local stored = part.stored[i]
+    if stored == nil then status[i] = 'o'
+    elseif stored == string.format('%d:%d', off, idx) then status[i] = 'R'
+    else status[i] = 'r' end
   elseif part.seen[id] or part.stored[i] or (part.old_cut and e[TS] < part.old_cut and in_sequence(e)) then
     status[i] = 'D'
   else

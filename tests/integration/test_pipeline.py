@@ -13,12 +13,14 @@ import random
 import uuid
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from filters.events import ACTIONS, Event, ItemMeta, decode_record, encode
+from filters.labels import Sample
 from infra.settings import Settings
 from serving.client import FeatureClient
 from stream.lag import LagProbe
@@ -26,8 +28,10 @@ from stream.producer import EventProducer
 from stream.worker_process import WorkerProcess
 from tests.integration import reference
 from tests.integration.reference import DAY, Ev
+from tests.join_reference import JEv, Params, assert_same_samples, join_partition, record
 
 pytestmark = pytest.mark.integration
+Sample_decoder = msgspec.json.Decoder(Sample)
 
 AT = 1_767_225_600_000  # 2026-01-01T00:00:00Z: tile-aligned for every window
 CATEGORIES = ["food", "travel", "tech", "pets"]
@@ -99,6 +103,7 @@ def pipeline(services: object, redis_client: object) -> Iterator[Settings]:
     suffix = uuid.uuid4().hex[:8]
     kafka = base.kafka.model_copy(update={
         "events_topic": f"ev-{suffix}", "items_topic": f"it-{suffix}", "dlq_topic": f"dlq-{suffix}",
+        "samples_topic": f"sm-{suffix}",
     })
     worker = base.worker.model_copy(update={"app_id": f"rs-{suffix}", "metrics_port": 0, "batch_size": 200})
     settings = base.model_copy(update={"kafka": kafka, "worker": worker})
@@ -139,6 +144,27 @@ def assert_features_match(settings: Settings, events: list[Ev]) -> None:
         assert all(client.seen(user, impressed, at=AT)), user
 
 
+def assert_samples_match(settings: Settings, events: list[Ev]) -> int:
+    """The distinct samples on the samples topic equal the brute-force join; returns the duplicates."""
+    per_partition: dict[int, list[JEv]] = {}
+    for ev in events:  # in topic order
+        per_partition.setdefault(reference.partition_of(ev.user_id, settings.kafka.partitions), []).append(
+            JEv(ev.event_id, ev.type, ev.user_id, ev.item_id, ev.ts, category=ev.category, author_id=ev.author_id))
+    j = settings.join
+    params = Params(dict(j.windows_ms), settings.stats.allowed_lateness_ms, j.history,
+                    settings.lastn.capacity["click"], j.alpha, j.idle_user_ms)
+    want: dict[str, dict[str, object]] = {}
+    for evs in per_partition.values():
+        want.update(join_partition(evs, params))
+    records = [Sample_decoder.decode(m.value()) for m in _read_all(settings, settings.kafka.samples_topic)]
+    got: dict[str, dict[str, object]] = {}
+    for s in records:
+        assert got.setdefault(s.sample_id, record(s)) == record(s), "a re-emitted sample differs"
+    assert_same_samples(got, want)
+    assert sum(v["kind"] == "positive" for v in want.values()) > 20
+    return len(records) - len(got)
+
+
 def test_features_equal_reference_after_crash_and_rewind(pipeline: Settings) -> None:
     settings = pipeline
     events, meta = make_stream(seed=11, n=3000)
@@ -155,6 +181,7 @@ def test_features_equal_reference_after_crash_and_rewind(pipeline: Settings) -> 
         probe.wait_until_caught_up(180)
     events = topic_order(settings, events)
     assert_features_match(settings, events)
+    duplicates = assert_samples_match(settings, events)
 
     # rewind the consumer group of every source topic to the start and process everything again
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
@@ -165,6 +192,8 @@ def test_features_equal_reference_after_crash_and_rewind(pipeline: Settings) -> 
     with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
         probe.wait_until_caught_up(180)
     assert_features_match(settings, events)
+    assert assert_samples_match(settings, events) == duplicates  # the rewind re-emitted nothing
+    print(f"samples re-emitted after the SIGKILL: {duplicates}")
 
 
 def test_batched_record_dead_letters_its_bad_events_alone(pipeline: Settings) -> None:

@@ -58,7 +58,7 @@ class Written:
 
     @property
     def replayed(self) -> int:
-        return self.n("Rr")
+        return self.n("Rro")
 
     @property
     def duplicates(self) -> int:
