@@ -256,6 +256,8 @@ VARIANTS: list[Variant] = [
             lambda s, t, ev: bench_faust(s, t["batched"], len(ev), "batched")),
     Variant("worker-1p", "full worker, 1 process, batched topic",
             lambda s, t, ev: bench_worker(s, t["batched"], len(ev), 1)),
+    Variant("worker-1p-nojoin", "full worker, 1 process, batched topic, label join off",
+            lambda s, t, ev: bench_worker(with_sections(s, join={"enabled": False}), t["batched"], len(ev), 1)),
     Variant("worker-2p", "full worker, 2 processes, batched topic",
             lambda s, t, ev: bench_worker(s, t["batched"], len(ev), 2)),
 ]

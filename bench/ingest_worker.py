@@ -33,6 +33,7 @@ def _worker_settings(base: Settings, topic: str, tag: str) -> Settings:
     """The base settings with ``topic`` as the events topic and a group and side topics of this run's own."""
     return with_sections(base, kafka={
         "events_topic": topic, "items_topic": f"{tag}-items", "dlq_topic": f"{tag}-dlq",
+        "samples_topic": f"{tag}-samples",
     }, worker={"app_id": tag})
 
 

@@ -360,10 +360,6 @@ class PartitionJoin:
             else:
                 heapq.heappush(self._idle, (state.newest + self.config.idle_user_ms, user))
 
-    def close_all(self, out: JoinOutput) -> None:
-        """Close every open window now (the idle flush of live traffic; never used in replays)."""
-        self.close(max((d for d, _, _ in self._closing), default=-1), out)
-
     def _emit_impression(self, user: str, p: Pending, out: JoinOutput) -> None:
         clicked = bool(p.labels & _BITS["click"])
         sid = sample_id("impression", p.event_id)

@@ -81,10 +81,12 @@ def bench(ctx: click.Context, name: str) -> None:
 def _register() -> None:
     from recstream.data_cli import generate, produce
     from recstream.infra_cli import infra
+    from recstream.samples_cli import samples
 
     main.add_command(infra)
     main.add_command(produce)
     main.add_command(generate)
+    main.add_command(samples)
 
 
 _register()

@@ -15,7 +15,6 @@ checkpoint is ahead of the clock skips the positions it already holds.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -195,18 +194,3 @@ class JoinStage:
             metrics.JOIN_EMIT_DELAY.labels(kind=s.kind).observe(max(0.0, (now - s.impression_ts) / 1000))
         metrics.JOIN_OPEN.labels(kind="impressions").set(sum(x.join.open_impressions for x in self._parts.values()))
         metrics.JOIN_OPEN.labels(kind="waiting_actions").set(sum(x.join.open_waiting for x in self._parts.values()))
-
-    def flush_idle(self, idle_s: float, last_seen: Mapping[int, float]) -> Callable[[], None] | None:
-        """Close every window of the partitions without events for ``idle_s`` of wall time (live traffic
-        only: ``join.idle_flush_s``); returns the commit of what that emitted, or None."""
-        now = time.monotonic()
-        saves = []
-        for p, part in self._parts.items():
-            if now - last_seen.get(p, now) < idle_s or not part.join.open_impressions:
-                continue
-            out = JoinOutput()
-            part.join.close_all(out)
-            saves += [(p, shard, part.position, changed) for shard, changed in self._by_shard(out).items()]
-            self._sink.send(out.samples)
-            self._observe(out)
-        return (lambda: self._commit(saves)) if saves else None
