@@ -109,8 +109,8 @@ class JoinStage:
                 part.join.add(self._arrivals(p, part, firsts.get(p, ())), out)
                 part.join.close(clock.watermark, out)
                 position = (clock.offset, clock.index)
-                for shard, changed in self._by_shard(out).items():
-                    saves.append((p, shard, position, changed))
+                for shard, changed in self._by_shard(out).items():  # a checkpoint ahead keeps its position
+                    saves.append((p, shard, max(position, part.ahead.get(shard, position)), changed))
                 part.position = position
                 if part.ahead and all(pos <= position for pos in part.ahead.values()):
                     part.ahead.clear()
