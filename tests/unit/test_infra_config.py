@@ -128,7 +128,7 @@ def test_redact() -> None:
 def test_topic_specs_cover_every_topic() -> None:
     settings = Settings(kafka={"partitions": 3})
     specs = {s.name: s for s in topic_specs(settings)}
-    assert set(specs) == {"recstream-events", "recstream-dlq", "recstream-items"}
+    assert set(specs) == {"recstream-events", "recstream-dlq", "recstream-samples", "recstream-items"}
     assert all(s.partitions == 3 for s in specs.values())
     assert specs["recstream-items"].config == {"cleanup.policy": "compact"}
 
