@@ -105,7 +105,7 @@ for i, e in ipairs(ev) do
     -- first iff its dedup entry names this position; an entry gone beyond the dedup horizon is an
     -- event older than the watermark, whose item / author update could not change any count: not first
     local stored = part.stored[i]
-    if stored == nil then status[i] = 'o'
+    if not stored then status[i] = 'o'  -- a missing field comes back as false
     elseif stored == string.format('%d:%d', off, idx) then status[i] = 'R'
     else status[i] = 'r' end
   elseif part.seen[id] or part.stored[i] or (part.old_cut and e[TS] < part.old_cut and in_sequence(e)) then

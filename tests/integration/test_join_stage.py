@@ -117,7 +117,14 @@ def die_after(stage: IngestStage, calls: int) -> None:
 
 
 def stream(seed: int) -> list[JEv]:
-    return random_stream(seed, n=1500, users=24, t0=T0)
+    """The random stream plus clicks two days old (beyond the 1-day dedup horizon: a replay cannot tell
+    them from duplicates, yet they belong in later histories)."""
+    rng = random.Random(seed)
+    events = random_stream(seed, n=1500, users=24, t0=T0)
+    for k in range(40):
+        old = JEv(f"old{k}", "click", f"u{rng.randrange(24)}", f"i{rng.randrange(6)}", T0 - 2 * 1440 * M - k)
+        events.insert(rng.randrange(len(events)), old)
+    return events
 
 
 def test_samples_equal_the_reference(r: redis.Redis, settings: Settings) -> None:

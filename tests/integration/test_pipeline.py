@@ -182,7 +182,7 @@ def test_features_equal_reference_after_crash_and_rewind(pipeline: Settings) -> 
         probe.wait_until_caught_up(180)
     events = topic_order(settings, events)
     assert_features_match(settings, events)
-    samples_after_crash = _samples_problem(settings, events)
+    duplicates = assert_samples_match(settings, events)
 
     # rewind the consumer group of every source topic to the start and process everything again
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
@@ -193,21 +193,8 @@ def test_features_equal_reference_after_crash_and_rewind(pipeline: Settings) -> 
     with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
         probe.wait_until_caught_up(180)
     assert_features_match(settings, events)
-    samples_after_rewind = _samples_problem(settings, events)
-    if isinstance(samples_after_crash, int) and isinstance(samples_after_rewind, int):
-        assert samples_after_rewind == samples_after_crash  # the rewind re-emitted nothing
-        print(f"samples re-emitted after the SIGKILL: {samples_after_crash}")
-        return
-    # known open defect (issue 10 note): a re-emission after a SIGKILL sometimes differs from its original
-    pytest.xfail(f"samples after the SIGKILL: {samples_after_crash}; after the rewind: {samples_after_rewind}")
-
-
-def _samples_problem(settings: Settings, events: list[Ev]) -> int | str:
-    """The re-emitted duplicates when the samples match the reference, else the assertion's message."""
-    try:
-        return assert_samples_match(settings, events)
-    except AssertionError as exc:
-        return str(exc)[:500]
+    assert assert_samples_match(settings, events) == duplicates  # the rewind re-emitted nothing
+    print(f"samples re-emitted after the SIGKILL: {duplicates}")
 
 
 def test_batched_record_dead_letters_its_bad_events_alone(pipeline: Settings) -> None:

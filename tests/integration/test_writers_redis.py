@@ -440,3 +440,14 @@ def test_worker_bloom_path_equals_the_item_by_item_rule(r: redis.Redis, settings
         exposures.add(grouped, watermark)
     assert via_worker == bloom_state(r)
     assert any(k.endswith(b":1") for k in via_worker)  # type: ignore[attr-defined]  # a 2nd sub-slice exists
+
+
+def test_a_replay_beyond_the_dedup_horizon_says_so(r: redis.Redis, settings: Settings) -> None:
+    """A replayed event whose dedup entry was trimmed is ``o`` (first or duplicate: unknowable), not ``r``."""
+    users = UserBatchWriter(r, settings)
+    evs = [Event(event_id="new", type="click", user_id="u", item_id="a", ts=T0),
+           Event(event_id="old", type="click", user_id="u", item_id="b", ts=T0 - 3 * D),
+           Event(event_id="dup", type="click", user_id="u", item_id="c", ts=T0 - 1000)]
+    batch = [Delivery(0, evs[0]), Delivery(1, evs[1]), Delivery(2, evs[2]), Delivery(3, evs[2])]
+    assert write(users, 0, batch).statuses == ["A", "A", "A", "D"]
+    assert write(users, 0, batch).statuses == ["R", "o", "R", "r"]
