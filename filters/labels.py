@@ -35,6 +35,7 @@ Everything depends on partition order and event time only, so a replay re-derive
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -53,6 +54,10 @@ __all__ = ["Arrival", "JoinConfig", "JoinOutput", "PartitionJoin", "Sample", "Us
 SAMPLE_ID_VERSION = 1
 _SEED = 0x5A3D1E  # fixed: sample ids and the downsampling decision are stable across processes and versions
 _BITS = {a: 1 << i for i, a in enumerate(ACTIONS)}
+# the labels record of every bit mask, built once (samples share these dicts: never mutate one)
+_LABELS = [{a: int(bool(mask & bit)) for a, bit in _BITS.items()} for mask in range(1 << len(ACTIONS))]
+# the metric labels of an impression sample per bit mask: its actions, or "none"
+_LABEL_NAMES = [tuple(a for a, bit in _BITS.items() if mask & bit) or ("none",) for mask in range(1 << len(ACTIONS))]
 
 
 def sample_id(kind: str, impression_event_id: str) -> str:
@@ -112,7 +117,7 @@ class JoinConfig:
         j = settings.join
         return cls(dict(j.windows_ms), j.history, settings.lastn.capacity.get("click", 200), j.alpha, j.idle_user_ms)
 
-    @property
+    @functools.cached_property
     def max_window_ms(self) -> int:
         """An impression's window closes at ``ts + max_window_ms`` of watermark."""
         return max(self.windows_ms.values())
@@ -186,11 +191,6 @@ class UserJoin(msgspec.Struct, array_like=True):
     waiting: list[Waiting] = msgspec.field(default_factory=list)
     newest: int = -1
 
-    def history_before(self, ts: int, n: int) -> list[str]:
-        """Item ids of the newest ``n`` logged clicks with ts < ``ts``, newest first."""
-        end = bisect.bisect_left(self.clicks, (ts,))
-        return [c[2] for c in reversed(self.clicks[max(0, end - n):end])]
-
     def log_click(self, ts: int, event_id: str, item_id: str, capacity: int) -> None:
         entry = (ts, event_id, item_id)
         at = bisect.bisect_left(self.clicks, entry)
@@ -229,6 +229,8 @@ class PartitionJoin:
         self._closing: list[tuple[int, str, str]] = []  # (deadline, user, impression event id)
         self._expiring: list[tuple[int, str, str]] = []  # (horizon, user, action event id)
         self._idle: list[tuple[int, str]] = []  # (newest + idle_user_ms, user)
+        # user -> (bisect end in its click log, the history built there), dropped when the log changes
+        self._histories: dict[str, tuple[int, list[str]]] = {}
         self.open_impressions = sum(len(s.pending) for s in self.users.values())
         self.open_waiting = sum(len(s.waiting) for s in self.users.values())
         for user, state in self.users.items():
@@ -253,16 +255,16 @@ class PartitionJoin:
             out.changed[ev.user_id] = state
             if state.clicks and a.watermark >= state.newest + cfg.idle_user_ms:
                 state.clicks = []  # idle longer than idle_user_ms: the user's clicks are forgotten
+                self._histories.pop(ev.user_id, None)
             state.newest = max(state.newest, ev.ts)
-            if a.log_only:
-                if ev.type == "click":
-                    state.log_click(ev.ts, ev.event_id, ev.item_id, cfg.click_capacity)
-            elif ev.type == "impression":
-                self._impression(state, a, out)
-            else:
+            if ev.type == "impression":
+                if not a.log_only:
+                    self._impression(state, a, out)
+                continue
+            if not a.log_only:
                 self._action(state, a, out)
-                if ev.type == "click":
-                    state.log_click(ev.ts, ev.event_id, ev.item_id, cfg.click_capacity)
+            if ev.type == "click":
+                self._log_click(ev.user_id, state, ev)
 
     def _impression(self, state: UserJoin, a: Arrival, out: JoinOutput) -> None:
         ev, cfg = a.event, self.config
@@ -273,7 +275,7 @@ class PartitionJoin:
         if ev.event_id in state.pending:
             return
         p = Pending(ev.event_id, ev.item_id, ev.request_id, ev.ts, ev.position, a.category, a.author_id,
-                    state.history_before(ev.ts, cfg.history))
+                    self._history(ev.user_id, state, ev.ts))
         state.pending[ev.event_id] = p
         self.open_impressions += 1
         heapq.heappush(self._closing, (deadline, ev.user_id, ev.event_id))
@@ -286,6 +288,21 @@ class PartitionJoin:
                     kept.append(w)
             self.open_waiting -= len(state.waiting) - len(kept)
             state.waiting = kept
+
+    def _history(self, user: str, state: UserJoin, ts: int) -> list[str]:
+        """Item ids of the newest ``history`` logged clicks with ts < ``ts``, newest first: the user's
+        previous list itself while its click log is unchanged and no logged click lies between the two ts."""
+        end = bisect.bisect_left(state.clicks, (ts,))
+        known = self._histories.get(user)
+        if known is not None and known[0] == end:
+            return known[1]
+        history = [c[2] for c in reversed(state.clicks[max(0, end - self.config.history):end])]
+        self._histories[user] = (end, history)
+        return history
+
+    def _log_click(self, user: str, state: UserJoin, ev: Event) -> None:
+        state.log_click(ev.ts, ev.event_id, ev.item_id, self.config.click_capacity)
+        self._histories.pop(user, None)
 
     def _action(self, state: UserJoin, a: Arrival, out: JoinOutput) -> None:
         ev, cfg = a.event, self.config
@@ -313,16 +330,14 @@ class PartitionJoin:
             out.samples.append(self._sample("positive", user, p, ts))
             out.counts[("samples", "positive", "click")] += 1
 
-    def _sample(self, kind: Literal["positive", "impression"], user: str, p: Pending, ts: int) -> Sample:
-        alpha = self.config.alpha
-        if kind == "positive":
-            return Sample(kind=kind, sample_id=sample_id(kind, p.event_id), user_id=user, item_id=p.item_id,
-                          request_id=p.request_id, impression_ts=p.ts, ts=ts, category=p.category,
-                          author_id=p.author_id, history=p.history, alpha=alpha)
-        return Sample(kind=kind, sample_id=sample_id(kind, p.event_id), user_id=user, item_id=p.item_id,
-                      request_id=p.request_id, impression_ts=p.ts, ts=p.ts, category=p.category,
-                      author_id=p.author_id, history=p.history, alpha=alpha,
-                      labels={a: int(bool(p.labels & bit)) for a, bit in _BITS.items()}, position=p.position)
+    def _sample(self, kind: Literal["positive", "impression"], user: str, p: Pending, ts: int,
+                sid: str | None = None) -> Sample:
+        """The record of impression ``p`` (``ts``: the click's on a positive, the impression's otherwise)."""
+        positive = kind == "positive"
+        return Sample(kind=kind, sample_id=sid or sample_id(kind, p.event_id), user_id=user, item_id=p.item_id,
+                      request_id=p.request_id, impression_ts=p.ts, ts=ts, category=p.category,
+                      author_id=p.author_id, history=p.history, alpha=self.config.alpha,
+                      labels=None if positive else _LABELS[p.labels], position=None if positive else p.position)
 
     def close(self, watermark: int, out: JoinOutput) -> None:
         """Close every window the watermark has reached: impression samples out, waiting actions that can
@@ -356,6 +371,7 @@ class PartitionJoin:
                 continue
             if state.newest + self.config.idle_user_ms <= watermark:  # so every window of the user has closed
                 del users[user]
+                self._histories.pop(user, None)
                 out.changed[user] = None
             else:
                 heapq.heappush(self._idle, (state.newest + self.config.idle_user_ms, user))
@@ -366,9 +382,6 @@ class PartitionJoin:
         if not clicked and not keeps(sid, self.config.alpha):
             out.counts[("impressions", "downsampled", "")] += 1
             return
-        out.samples.append(self._sample("impression", user, p, p.ts))
-        for action, bit in _BITS.items():
-            if p.labels & bit:
-                out.counts[("samples", "impression", action)] += 1
-        if not p.labels:
-            out.counts[("samples", "impression", "none")] += 1
+        out.samples.append(self._sample("impression", user, p, p.ts, sid))
+        for name in _LABEL_NAMES[p.labels]:
+            out.counts[("samples", "impression", name)] += 1

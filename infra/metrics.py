@@ -106,7 +106,8 @@ JOIN_IMPRESSIONS = Counter(
 JOIN_OPEN = Gauge("recstream_join_open", "Open join state of this worker's partitions", ["kind"])
 JOIN_STATE_BYTES = Gauge("recstream_join_state_bytes", "Checkpointed join state of this worker's partitions")
 JOIN_EMIT_DELAY = Histogram(
-    "recstream_join_emit_delay_seconds", "Wall time from an impression's ts to its sample's emission", ["kind"],
+    "recstream_join_emit_delay_seconds",
+    "Wall time from an impression's ts to its sample's emission (a sample: at most 256 per batch)", ["kind"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 7200, 14400),
 )
 

@@ -235,9 +235,11 @@ class IngestStage:
             result = users.finish(prepared, sent.result())
             queue_user(k + ahead)
             result.record_metrics(chunk)
-            for p, pairs in result.join_deliveries(chunk).items():
+            chunk_joined = result.join_deliveries(chunk)
+            for p, pairs in chunk_joined.items():
                 joined[p] += pairs
-            entity_prepared = entities.prepare(result.first_deliveries(chunk))
+            entity_prepared = entities.prepare({p: [d for d, log_only in pairs if not log_only]
+                                                for p, pairs in chunk_joined.items()})
             entity_jobs.append((entity_prepared, io.submit(attempt.run, entities.send, entity_prepared)))
             while entity_jobs and (entity_jobs[0][1].done() or k == len(chunks) - 1):
                 job, done = entity_jobs.pop(0)

@@ -68,14 +68,10 @@ class UserWriteResult:
         """How many deliveries have one of these status codes."""
         return sum(st in codes for sts in self.statuses.values() for st in sts)
 
-    def first_deliveries(self, batch: Batch) -> dict[int, list[Delivery]]:
-        """The deliveries that are the first of their ``event_id`` (replays included), per partition."""
-        return {p: [d for d, st in zip(ds, self.statuses[p], strict=True) if st in "AR"] for p, ds in batch.items()}
-
     def join_deliveries(self, batch: Batch) -> dict[int, list[tuple[Delivery, bool]]]:
-        """What the label join takes, per partition: the first deliveries, and — flagged True, to be
-        logged as clicks only — the replayed clicks the dedup cannot tell apart from duplicates (``o``:
-        beyond the dedup horizon; logging a click twice is a no-op)."""
+        """Per partition, the first deliveries (``A``, ``R``) flagged False — what the item/author stage and
+        the label join take — and, flagged True, the replayed clicks the dedup cannot tell from duplicates
+        (``o``, beyond the dedup horizon), which the join only logs for histories (logging twice is a no-op)."""
         return {p: [(d, st == "o") for d, st in zip(ds, self.statuses[p], strict=True)
                     if st in "AR" or (st == "o" and d.event.type == "click")] for p, ds in batch.items()}
 
