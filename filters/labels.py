@@ -376,6 +376,12 @@ class PartitionJoin:
             else:
                 heapq.heappush(self._idle, (state.newest + self.config.idle_user_ms, user))
 
+    def close_open(self, out: JoinOutput) -> None:
+        """Close every open window now, whatever the watermark: the idle flush of live traffic (a wall-clock
+        decision, so never used where samples must equal a replay's). Click logs stay."""
+        last = max([d for d, _, _ in self._closing] + [h for h, _, _ in self._expiring], default=-1)
+        self.close(last, out)
+
     def _emit_impression(self, user: str, p: Pending, out: JoinOutput) -> None:
         clicked = bool(p.labels & _BITS["click"])
         sid = sample_id("impression", p.event_id)

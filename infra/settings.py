@@ -178,6 +178,10 @@ class JoinSettings(_Section):
     )
     history: int = Field(50, ge=0, le=1000, description="clicked item ids per sample (newest first)")
     alpha: float = Field(1.0, gt=0, le=1, description="share of click-free impressions kept (negative downsampling)")
+    idle_flush_s: float = Field(
+        0.0, ge=0, description="live traffic: close every open window of a partition after this much wall time "
+        "without events (0 = off: windows close on event time only, as in a replay)",
+    )
     idle_user_ms: int = Field(
         30 * MS_PER_DAY, ge=1, description="event time after which a user with nothing open forgets its clicks",
     )

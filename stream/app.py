@@ -87,28 +87,40 @@ def create_app(settings: Settings) -> faust.App:
         if pending:
             await asyncio.gather(*pending)
 
-    async def run(agent_name: str, stage: Any, stream: faust.StreamT[bytes]) -> None:
-        # the commit order: Redis writes -> dead letters acknowledged -> clocks persisted -> offsets
-        # (Faust commits an event's offset only after the iteration that took it has finished)
+    async def run(agent_name: str, stage: Any, stream: faust.StreamT[bytes], lock: asyncio.Lock) -> None:
+        # the commit order: Redis writes -> dead letters and samples acknowledged -> join checkpoint ->
+        # clocks persisted -> offsets (Faust commits an event's offset only after the iteration that took it)
         async for events in stream.take_events(n, within=within):  # type: ignore[attr-defined]
             records = _records(events)
             started = time.perf_counter()
-            out: StageOutput = await _retry_redis(agent_name, functools.partial(stage.process, records))
-            await emit(out)
-            await _retry_redis(agent_name, out.commit)
+            async with lock:
+                out: StageOutput = await _retry_redis(agent_name, functools.partial(stage.process, records))
+                await emit(out)
+                await _retry_redis(agent_name, out.commit)
             metrics.BATCH_SIZE.labels(agent=agent_name).observe(len(records))
             metrics.PROCESSING_SECONDS.labels(agent=agent_name).observe(time.perf_counter() - started)
 
     ingest_stage = IngestStage(client, settings)
     meta_stage = ItemMetaStage(client, settings)
+    ingest_lock = asyncio.Lock()  # the idle flush runs between ingest batches, never inside one
 
     @app.agent(app.topic(kafka.events_topic, **RAW), concurrency=1, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
-        await run("ingest", ingest_stage, stream)
+        await run("ingest", ingest_stage, stream, ingest_lock)
 
     @app.agent(app.topic(kafka.items_topic, **RAW), concurrency=1, name="item-meta")
     async def item_meta(stream: faust.StreamT[bytes]) -> None:
-        await run("item-meta", meta_stage, stream)
+        await run("item-meta", meta_stage, stream, asyncio.Lock())
+
+    idle = settings.join.idle_flush_s
+    if settings.join.enabled and idle > 0:
+
+        @app.timer(interval=max(0.5, idle / 4))  # type: ignore[untyped-decorator]
+        async def join_idle_flush() -> None:
+            async with ingest_lock:
+                commit = await _retry_redis("ingest", ingest_stage.flush_idle)
+                if commit is not None:
+                    await _retry_redis("ingest", commit)
 
     return app
 

@@ -247,6 +247,12 @@ class IngestStage:
                     res.record_metrics()
         return joined
 
+    def flush_idle(self) -> Callable[[], None] | None:
+        """The label join's idle flush (``join.idle_flush_s``; off at 0): the commit of the samples it emitted,
+        or None. Call it between batches, never while :meth:`process` runs."""
+        idle = self._settings.join.idle_flush_s
+        return self._join.flush_idle(idle) if self._join is not None and idle > 0 else None
+
     def _item_meta(self, events: Iterable[Event]) -> dict[str, tuple[str | None, str | None]]:
         items = sorted({ev.item_id for ev in events})
         if not items:

@@ -74,6 +74,7 @@ class _Partition:
     position: Position
     ahead: dict[int, Position] = field(default_factory=dict)  # shard -> position its checkpoint holds
     state_bytes: dict[str, int] = field(default_factory=dict)  # user -> checkpointed state size
+    last_events_ms: int = 0  # wall time of its last batch with events (the idle flush)
 
 
 def _position(raw: bytes | None) -> Position:
@@ -111,8 +112,9 @@ class JoinStage:
                 part.join.add(self._arrivals(p, part, firsts.get(p, ())), out)
                 part.join.close(clock.watermark, out)
                 position = (clock.offset, clock.index)
-                for shard, changed in self._by_shard(out).items():  # a checkpoint ahead keeps its position
-                    saves.append((p, shard, max(position, part.ahead.get(shard, position)), changed))
+                saves += self._saves(p, part, position, out)
+                if position != part.position:
+                    part.last_events_ms = self._clock()
                 part.position = position
                 if part.ahead and all(pos <= position for pos in part.ahead.values()):
                     part.ahead.clear()
@@ -124,10 +126,33 @@ class JoinStage:
             raise
         return lambda: self._commit(saves)
 
+    def flush_idle(self, idle_s: float) -> Callable[[], None] | None:
+        """Close every open window of the partitions in memory that had no events for ``idle_s`` seconds of
+        wall time (``join.idle_flush_s``, live traffic only) and queue their samples; returns the commit
+        (acknowledgements, then the checkpoint), or None when nothing was open and idle."""
+        now = self._clock()
+        saves: list[tuple[int, int, Position, dict[str, UserJoin | None]]] = []
+        for p, part in self._parts.items():
+            if now - part.last_events_ms < idle_s * 1000 or not (part.join.open_impressions or part.join.open_waiting):
+                continue
+            out = JoinOutput()
+            part.join.close_open(out)
+            saves += self._saves(p, part, part.position, out)
+            self._sink.send(out.samples)
+            self._observe(out)
+        return (lambda: self._commit(saves)) if saves else None
+
+    def _saves(self, p: int, part: _Partition, position: Position,
+               out: JoinOutput) -> list[tuple[int, int, Position, dict[str, UserJoin | None]]]:
+        """The checkpoint writes of what ``out`` changed; a shard checkpoint ahead keeps its position."""
+        return [(p, shard, max(position, part.ahead.get(shard, position)), changed)
+                for shard, changed in self._by_shard(out).items()]
+
     def _partition(self, p: int, persisted: Position) -> _Partition:
         part = self._parts.get(p)
         if part is None or part.position != persisted:
             part = self._parts[p] = self._load(p, persisted)
+            part.last_events_ms = self._clock()
         return part
 
     def _arrivals(self, p: int, part: _Partition, deliveries: Sequence[tuple[Delivery, bool]]) -> list[Arrival]:

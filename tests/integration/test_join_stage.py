@@ -188,3 +188,31 @@ def test_crashes_restarts_and_a_rewind_keep_the_distinct_samples_exact(r: redis.
     assert_same_samples(got, reference(order, settings))
     duplicates = len(sink.samples) - len(got)
     assert crashes > 5 and duplicates > 0, (crashes, duplicates)
+
+
+def test_idle_flush_closes_the_windows_of_a_quiet_partition(r: redis.Redis, settings: Settings) -> None:
+    now = [T0]
+    live = settings.model_copy(update={"join": settings.join.model_copy(update={"idle_flush_s": 5.0, "alpha": 1.0})})
+    sink = ListSink()
+    stage = IngestStage(r, live, clock=lambda: now[0], samples=sink)
+    events = [JEv("e1", "impression", "u1", "i1", T0 - 1000, "r1", 0), JEv("e2", "click", "u1", "i1", T0 - 500, "r1"),
+              JEv("e3", "impression", "u1", "i2", T0 - 900, "r1", 1)]
+    records, _ = records_of(events, live.kafka.partitions, random.Random(1))
+    stage.process(records).commit()
+    assert [s.kind for s in sink.samples] == ["positive"]  # the windows are open: event time has not moved
+    now[0] += 4_000
+    assert stage.flush_idle() is None  # not idle long enough
+    now[0] += 2_000
+    commit = stage.flush_idle()
+    assert commit is not None
+    commit()
+    labels = {s.item_id: (s.labels or {}).get("click") for s in sink.samples if s.kind == "impression"}
+    assert labels == {"i1": 1, "i2": 0}
+    assert stage.flush_idle() is None  # nothing open any more
+    # the checkpoint holds the flush: a restarted worker has nothing open either
+    again = IngestStage(r, live, clock=lambda: now[0] + 60_000, samples=sink)
+    again.process(records).commit()  # every record is inside the persisted clock
+    assert again.flush_idle() is None and len(sink.samples) == 3
+    # off by default: windows close on event time only
+    off = IngestStage(r, settings, clock=lambda: now[0] + 10**9, samples=sink)
+    assert off.flush_idle() is None
