@@ -61,6 +61,7 @@ def demo(ctx: click.Context, users: int, items: int, days: int, events: int) -> 
 
 BENCHMARKS = {
     "ingest": "bench.ingest_bench",
+    "join": "bench.join_bench",
     "bloom": "bench.bloom_bench",
     "reads": "bench.reads_bench",
     "stats": "bench.stats_bench",

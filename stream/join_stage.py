@@ -59,8 +59,7 @@ class KafkaSampleSink:
         self._producer = EventProducer(settings)
 
     def send(self, samples: Sequence[Sample]) -> None:
-        for s in samples:
-            self._producer.send_raw(self._topic, s.user_id.encode(), _encode_sample(s))
+        self._producer.send_keyed(self._topic, [(s.user_id.encode(), _encode_sample(s)) for s in samples])
 
     def flush(self) -> None:
         self._producer.flush(60.0)

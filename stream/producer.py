@@ -41,6 +41,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -261,23 +262,41 @@ class EventProducer:
             msg = f"producer is unusable: {self._fatal}"
             raise KafkaError(msg)
         on_delivery = self._on_delivery if events is None else functools.partial(self._on_delivery, events=events)
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, partition=partition,
-                                       on_delivery=on_delivery)
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports until there is room, then retry.
-                self._producer.poll(0.05)
-            except confluent_kafka.KafkaException as exc:
-                msg = f"cannot produce to {topic}: {exc.args[0].str() if exc.args else exc}"
-                raise KafkaError(msg) from None
+        self._queue(topic, key, value, headers, partition, on_delivery)
         self.produced += 1 if events is None else events
         self.records += 1
         self._since_poll += 1
         if self._since_poll >= _POLL_EVERY:  # delivery reports only: batches are swept by send/poll
             self._since_poll = 0
             self._producer.poll(0)
+
+    def _queue(self, topic: str, key: bytes | None, value: bytes | None, headers: dict[str, Any] | None,
+               partition: int, on_delivery: Any) -> None:
+        """Hand one message to librdkafka, waiting (serving delivery reports) while its queue is full."""
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, partition=partition,
+                                       on_delivery=on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except confluent_kafka.KafkaException as exc:
+                msg = f"cannot produce to {topic}: {exc.args[0].str() if exc.args else exc}"
+                raise KafkaError(msg) from None
+
+    def send_keyed(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Queue ``(key, value)`` records on ``topic`` (not the batched events topic), placed by the murmur2
+        partitioner: the lean path for many records at once (the worker's samples). Failures are raised by
+        :meth:`flush`."""
+        if self._fatal is not None:
+            msg = f"producer is unusable: {self._fatal}"
+            raise KafkaError(msg)
+        queue, on_delivery = self._queue, self._on_delivery
+        for key, value in records:
+            queue(topic, key, value, None, _UNASSIGNED, on_delivery)
+        self.produced += len(records)
+        self.records += len(records)
+        self._producer.poll(0)
 
     def poll(self, timeout: float = 0.0) -> int:
         """Send lingered partial batches, serve queued delivery reports; returns how many were served.

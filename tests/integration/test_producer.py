@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.cimpl import NewTopic
 
 from filters.events import Event, ItemMeta, decode_item, decode_record, encode
+from infra.errors import KafkaError
 from infra.settings import Settings
 from infra.topics import admin_client
 from recstream.data_cli import produce
@@ -152,3 +153,20 @@ def test_batching_and_single_event_producers_interleaved(kafka_service) -> None:
         for p in range(5):  # offset order, then array order (the list keeps it) == send order
             on_p = [e.ts for part, _, e in sorted(seen[who], key=lambda t: (t[0], t[1])) if part == p]
             assert on_p == sorted(on_p) and len(on_p) == len(set(on_p))
+
+
+def test_send_keyed_places_by_murmur2_and_reports_failures(kafka_service) -> None:  # type: ignore[no-untyped-def]
+    settings = kafka_service.settings
+    k = settings.kafka
+    tag = uuid.uuid4().hex
+    records = [(f"u{i}".encode(), f'{{"tag":"{tag}","n":{i}}}'.encode()) for i in range(40)]
+    with EventProducer(settings) as producer:
+        producer.send_keyed(k.samples_topic, records)
+    assert producer.delivered == producer.produced == 40
+    got = read_back(kafka_service.bootstrap, k.samples_topic, k.partitions, 40, tag.encode())
+    assert sorted((m.key(), m.value()) for m in got) == sorted(records)
+    assert all(m.partition() == murmur2_partition(m.key(), k.partitions) for m in got)
+    producer = EventProducer(settings)
+    with pytest.raises(KafkaError, match="too large"):  # beyond the message limit: refused, never silent
+        producer.send_keyed(k.samples_topic, [(b"u1", b"x" * 2_000_000)])
+        producer.flush(30)
