@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 from filters.events import ACTIONS, Event, ItemMeta, decode_record, encode
 from filters.labels import Sample
 from infra.settings import Settings
+from infra.topic_reader import TopicRecord, read_last
 from serving.client import FeatureClient
 from stream.lag import LagProbe
 from stream.producer import EventProducer
@@ -91,8 +92,8 @@ def topic_order(settings: Settings, events: list[Ev]) -> list[Ev]:
     Two producers interleave on the topic, so only the topic itself knows the order of a user's events
     (the reference needs it for late flags and for which delivery of a duplicate is the first)."""
     by_id = {ev.event_id: ev for ev in events}
-    ordered = sorted(_read_all(settings, settings.kafka.events_topic), key=lambda m: (m.partition(), m.offset()))
-    out = [by_id[ev.event_id] for m in ordered for _, ev in decode_record(m.value()).events]
+    ordered = sorted(read_all(settings, settings.kafka.events_topic), key=lambda m: (m.partition, m.offset))
+    out = [by_id[ev.event_id] for m in ordered for _, ev in decode_record(m.value).events]
     assert sorted(e.event_id for e in out) == sorted(e.event_id for e in events)
     return out
 
@@ -157,7 +158,7 @@ def assert_samples_match(settings: Settings, events: list[Ev]) -> int:
     want: dict[str, dict[str, object]] = {}
     for evs in per_partition.values():
         want.update(join_partition(evs, params))
-    records = [Sample_decoder.decode(m.value()) for m in _read_all(settings, settings.kafka.samples_topic)]
+    records = [Sample_decoder.decode(m.value or b"") for m in read_all(settings, settings.kafka.samples_topic)]
     got: dict[str, dict[str, object]] = {}
     for s in records:
         first, again = got.setdefault(s.sample_id, record(s)), record(s)
@@ -271,23 +272,9 @@ def _drain(settings: Settings, topic: str, expect: int) -> list[Message]:
     return out
 
 
-def _read_all(settings: Settings, topic: str) -> list[Message]:
-    """Every record of ``topic`` up to its current end offsets (assigned, not subscribed: no group)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": uuid.uuid4().hex,
-                         "enable.auto.commit": False})
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(settings.kafka.partitions)}
-    consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
-    out: list[Message] = []
-    want = sum(ends.values())
-    for _ in range(200):
-        out += [m for m in consumer.consume(1000, timeout=0.5)
-                if m.error() is None and m.offset() < ends[m.partition()]]  # records produced since: not ours
-        if len(out) >= want:
-            break
-    consumer.close()
-    assert len(out) == want, (len(out), want)
-    return out
+def read_all(settings: Settings, topic: str) -> list[TopicRecord]:
+    """Every record of ``topic`` up to its end offsets as the read starts (no consumer group)."""
+    return read_last(settings, topic, 10**12)
 
 
 async def _send_with_aiokafka(bootstrap: str, topic: str, keys: list[str]) -> dict[str, int]:
@@ -332,7 +319,8 @@ def test_idle_flush_emits_the_windows_of_a_quiet_partition(pipeline: Settings) -
         LagProbe(settings).wait_until_caught_up(120)
         kinds: list[str] = []
         for _ in range(60):
-            kinds = [Sample_decoder.decode(m.value()).kind for m in _read_all(settings, settings.kafka.samples_topic)]
+            records = read_all(settings, settings.kafka.samples_topic)
+            kinds = [Sample_decoder.decode(m.value or b"").kind for m in records]
             if "impression" in kinds:
                 break
             time.sleep(0.5)
