@@ -45,11 +45,11 @@ LATENESS_MS = 1_000
 _decode = msgspec.json.Decoder(Sample).decode
 
 
-def _produce(settings: Settings, rate: float, seconds: float, click_share: float, stop: threading.Event) -> int:
+def _produce(settings: Settings, load: dict[str, float], stop: threading.Event) -> int:
     """Live events for ``seconds`` at ``rate``/s: impressions, and clicks on some of them 0–1.5 s later."""
-    rng, bucket = random.Random(7), TokenBucket(rate)
+    rng, bucket, users = random.Random(7), TokenBucket(load["rate"]), int(load["users"])
     pending: list[tuple[int, int, Event]] = []
-    sent, k, end = 0, 0, time.monotonic() + seconds
+    sent, k, end = 0, 0, time.monotonic() + load["seconds"]
     with EventProducer(settings) as producer:
         while time.monotonic() < end and not stop.is_set():
             bucket.acquire()
@@ -59,10 +59,10 @@ def _produce(settings: Settings, rate: float, seconds: float, click_share: float
                 producer.send(msgspec.structs.replace(click, ts=now))
             else:
                 k += 1
-                user, item = f"u{rng.randrange(2000)}", f"i{rng.randrange(5000)}"
+                user, item = f"u{rng.randrange(users)}", f"i{rng.randrange(5000)}"
                 producer.send(Event(event_id=f"imp{k}", type="impression", user_id=user, item_id=item, ts=now,
                                     request_id=f"r{k}", position=rng.randrange(20)))
-                if rng.random() < click_share:
+                if rng.random() < load["click_share"]:
                     click = Event(event_id=f"clk{k}", type="click", user_id=user, item_id=item, ts=now,
                                   request_id=f"r{k}")
                     heapq.heappush(pending, (now + rng.randrange(1500), k, click))
@@ -100,7 +100,7 @@ def _consume(settings: Settings, stop: threading.Event, arrivals: list[tuple[flo
     consumer.close()
 
 
-def run(rate: float, seconds: float, click_share: float) -> dict[str, Any]:
+def run(load: dict[str, float]) -> dict[str, Any]:
     """One live run; returns latencies (ms) per kind and the state series."""
     with private_services() as base:
         port = free_port()
@@ -115,7 +115,7 @@ def run(rate: float, seconds: float, click_share: float) -> dict[str, Any]:
             reader.start()
             producer_done: list[int] = []
             writer = threading.Thread(target=lambda: producer_done.append(
-                _produce(settings, rate, seconds, click_share, stop)), daemon=True)
+                _produce(settings, load, stop)), daemon=True)
             started = time.monotonic()
             writer.start()
             while writer.is_alive():
@@ -130,7 +130,7 @@ def run(rate: float, seconds: float, click_share: float) -> dict[str, Any]:
     for at, s in arrivals:
         due = s.ts if s.kind == "positive" else s.impression_ts + wmax + LATENESS_MS
         lat[s.kind].append(max(0.0, at - due) / 1000)
-    return {"rate": rate, "seconds": seconds, "events": producer_done[0] if producer_done else 0,
+    return {**load, "events": producer_done[0] if producer_done else 0,
             "latency": {k: percentiles(v) | {"n": len(v)} for k, v in lat.items() if v}, "state": series}
 
 
@@ -145,10 +145,14 @@ def _table(res: dict[str, Any]) -> list[list[str]]:
         first = max((s[key] for s in series[:half]), default=0)
         second = max((s[key] for s in series[half:]), default=0)
         rows.append([f"{label}: max in the first / second half of the run", f"{first:,.0f} / {second:,.0f}"])
+    for s in series[len(series) // 6 - 1::len(series) // 6] if len(series) >= 6 else []:
+        rows.append([f"open impressions / join state bytes at t = {s['t_s']:.0f} s",
+                     f"{s['open_impressions']:,.0f} / {s['state_bytes']:,.0f}"])
     last = series[-1] if series else {}
     fresh = last.get("freshness_sum", 0.0) / max(1.0, last.get("freshness_count", 0.0))
     rows.append(["mean event → features written (the worker's own freshness metric)", f"{fresh * 1000:,.0f} ms"])
-    rows.append(["events produced", f"{res['events']:,} at {res['rate']:,.0f}/s for {res['seconds']:.0f} s"])
+    rows.append(["events produced", f"{res['events']:,} at {res['rate']:,.0f}/s for {res['seconds']:.0f} s, "
+                 f"{res['users']:,.0f} users, {res['click_share']:.0%} of impressions clicked"])
     return rows
 
 
@@ -157,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="events per second (impressions + clicks)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--click-share", type=float, default=0.1, help="share of impressions clicked")
+    parser.add_argument("--users", type=int, default=2000, help="distinct users (fewer fill click logs sooner)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
-    res = run(args.rate, args.seconds, args.click_share)
+    res = run({"rate": args.rate, "seconds": args.seconds, "click_share": args.click_share, "users": args.users})
     md = write_results(args.out, "join", res, _table(res))
     print(md.read_text())
 

@@ -35,7 +35,7 @@ from stream.watermarks import PartitionClock
 __all__ = ["JoinStage", "KafkaSampleSink", "SampleSink"]
 
 POS_FIELD = b"\x00pos"
-DELAY_SAMPLES = 256
+DELAY_SAMPLES = 32
 _encode_state = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(UserJoin).decode
 _encode_sample = msgspec.json.Encoder().encode
@@ -73,6 +73,7 @@ class _Partition:
     position: Position
     ahead: dict[int, Position] = field(default_factory=dict)  # shard -> position its checkpoint holds
     state_bytes: dict[str, int] = field(default_factory=dict)  # user -> checkpointed state size
+    total_bytes: int = 0  # the sum of state_bytes
     last_events_ms: int = 0  # wall time of its last batch with events (the idle flush)
 
 
@@ -182,7 +183,7 @@ class JoinStage:
                     continue
                 users[name.decode()] = _decode_state(blob)
                 sizes[name.decode()] = len(blob)
-        return _Partition(PartitionJoin(self._config, users), persisted, ahead, sizes)
+        return _Partition(PartitionJoin(self._config, users), persisted, ahead, sizes, sum(sizes.values()))
 
     def _commit(self, saves: list[tuple[int, int, Position, dict[str, UserJoin | None]]]) -> None:
         self._sink.flush()
@@ -195,17 +196,18 @@ class JoinStage:
                 if state is None:
                     gone.append(user)
                     if part is not None:
-                        part.state_bytes.pop(user, None)
+                        part.total_bytes -= part.state_bytes.pop(user, 0)
                 else:
                     blob = _encode_state(state)
                     args += [user, blob]
                     if part is not None:
+                        part.total_bytes += len(blob) - part.state_bytes.get(user, 0)
                         part.state_bytes[user] = len(blob)
             calls.append(([self._keys.join_state(shard, p)], [f"{offset}:{index}", self._ttl_ms, len(args) // 2,
                                                                 *args, *gone]))
         if calls:
             self._script.run(self._redis, calls)
-        metrics.JOIN_STATE_BYTES.set(sum(sum(part.state_bytes.values()) for part in self._parts.values()))
+        metrics.JOIN_STATE_BYTES.set(sum(part.total_bytes for part in self._parts.values()))
 
     def _observe(self, out: JoinOutput) -> None:
         for (family, a, b), n in out.counts.items():
