@@ -53,3 +53,10 @@ class EventValidationError(RecstreamError):
 
 class IncompatibleFilterError(RecstreamError):
     """Two Bloom filters with different parameters or hash schemes cannot be combined."""
+
+
+class ModelError(RecstreamError):
+    """A model version is missing, corrupt, or its frozen tower weights changed since it was published.
+
+    Operator action: ``recstream model list``; run ``recstream full-update`` or ``recstream model rollback``.
+    """

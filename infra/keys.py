@@ -125,6 +125,19 @@ class KeyLayout:
         of the source position it holds (user shard, source partition)."""
         return f"{LAYOUT}:{self.shard_tag('user', shard)}:jn:{partition}"
 
+    def embedding(self, kind: Literal["user", "item"], shard: int, version: str) -> str:
+        """Hash ``<id>`` -> float32 bytes of the ID embedding of model ``version`` (user or item shard,
+        so a user's embedding shares its features' slot).
+
+        >>> KeyLayout(64).embedding("user", 48, "v3")
+        'rs2:{u.48}:emb:v3'
+        """
+        return f"{LAYOUT}:{self.shard_tag(kind, shard)}:emb:{version}"
+
+    def item_vectors(self, shard: int, version: str) -> str:
+        """Hash ``<item_id>`` -> float32 bytes of the item tower's output vector under ``version``."""
+        return f"{LAYOUT}:{self.shard_tag('item', shard)}:vec:{version}"
+
     def dedup_times(self, shard: int, partition: int) -> str:
         """Sorted set of the same event ids scored by event time, to trim the dedup horizon."""
         return f"{LAYOUT}:{self.shard_tag('user', shard)}:ddt:{partition}"
@@ -137,3 +150,29 @@ def watermark(group: str, topic: str, partition: int) -> str:
     'rs2:wm:recstream:recstream-events:3'
     """
     return f"{LAYOUT}:wm:{group}:{topic}:{partition}"
+
+
+MODEL_CURRENT = f"{LAYOUT}:model:current"
+"""String: the model version serving reads (switched atomically by a full update or a rollback)."""
+MODEL_VERSIONS = f"{LAYOUT}:model:versions"
+"""Sorted set of the kept model versions scored by creation time (epoch ms)."""
+
+
+def model_key(version: str, part: Literal["manifest", "weights", "defaults"]) -> str:
+    """Per-version strings: ``manifest`` (JSON), ``weights`` (the frozen towers, msgpack), ``defaults``
+    (hash ``user`` / ``item`` -> the shared default rows' embeddings).
+
+    >>> model_key("v3", "manifest")
+    'rs2:model:v3:manifest'
+    """
+    return f"{LAYOUT}:model:{version}:{part}"
+
+
+def trainer_seen(group: str, bucket: int | str) -> str:
+    """List of packed 64-bit sample-id hashes trainer ``group`` trained in one event-time bucket (its
+    dedup; ``bucket="*"`` gives the SCAN pattern).
+
+    >>> trainer_seen("recstream-trainer", 7)
+    'rs2:trainer:recstream-trainer:seen:7'
+    """
+    return f"{LAYOUT}:trainer:{group}:seen:{bucket}"

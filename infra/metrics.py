@@ -117,6 +117,31 @@ SERVING_SECONDS = Histogram(
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
 
+# --- trainer (online learning) ---------------------------------------------------------------------
+TRAINER_SAMPLES = Counter(
+    "recstream_trainer_samples", "Samples read by the trainer, by kind and what happened to them",
+    ["kind", "outcome"],  # outcome: trained, evaluated, duplicate, invalid
+)
+TRAINER_LOSS = Gauge("recstream_trainer_loss", "In-batch softmax loss of the last training step")
+TRAINER_PUBLISH_SECONDS = Histogram(
+    "recstream_trainer_publish_seconds", "Wall time of one publish (touched rows + manifest, one round trip)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+TRAINER_PUBLISHED_ROWS = Counter(
+    "recstream_trainer_published_rows", "Rows published into the current model version", ["family"],
+)
+TRAINER_LAST_PUBLISH = Gauge(
+    "recstream_trainer_last_publish_timestamp_seconds", "Wall time of the last publish (age = now - this)",
+)
+TRAINER_EVAL = Gauge(
+    "recstream_trainer_prequential", "Prequential metric over the sliding window (test, then train)", ["metric"],
+)
+EMBEDDING_ROWS = Gauge("recstream_embedding_rows", "Own rows held per embedding table", ["table"])
+EMBEDDING_EVENTS = Counter(
+    "recstream_embedding_events", "Embedding table events (admission, eviction, hit, miss, full)",
+    ["table", "event"],
+)
+
 
 def render() -> bytes:
     """The current exposition text of every collector (what ``/metrics`` serves)."""

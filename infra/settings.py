@@ -195,6 +195,32 @@ class JoinSettings(_Section):
         return self
 
 
+class LearningSettings(_Section):
+    """The online trainer, its embedding tables and model versions (docs/learning.md)."""
+
+    dim: int = Field(32, ge=2, le=1024, description="width of ID embeddings and of the towers' output vectors")
+    category_dim: int = Field(16, ge=1, le=1024)
+    hidden: int = Field(64, ge=1, le=4096, description="hidden width of each tower's MLP")
+    temperature: float = Field(0.05, gt=0, le=10, description="score = cosine / temperature")
+    lr: float = Field(0.05, gt=0, description="Adagrad learning rate of the embedding tables")
+    batch_size: int = Field(1024, ge=1, le=1_000_000, description="positive samples per training step")
+    min_count: int = Field(2, ge=1, description="occurrences before an ID gets its own row (else the shared row)")
+    max_users: int = Field(1_000_000, ge=1, description="row cap of the user table")
+    max_items: int = Field(200_000, ge=1, description="row cap of the item table")
+    max_categories: int = Field(10_000, ge=1)
+    idle_evict_ms: int = Field(7 * MS_PER_DAY, ge=1, description="event time after which an unused row is freed")
+    publish_every_s: float = Field(5.0, gt=0, le=3600, description="publish the touched rows this often")
+    keep_versions: int = Field(3, ge=1, le=100, description="model versions kept in Redis for rollback")
+    dedup_horizon_ms: int = Field(
+        6 * MS_PER_HOUR, ge=0, description="event time over which the trainer remembers sample ids")
+    eval_window: int = Field(20_000, ge=100, description="samples in the sliding window of the prequential metrics")
+    eval_per_batch: int = Field(
+        256, ge=0, description="positives per training batch ranked against the catalogue before training")
+    metrics_port: int = Field(9109, ge=0, le=65535, description="the trainer's /metrics (0 = none)")
+    group: str = Field("recstream-trainer", description="the trainer's consumer group")
+    seed: int = 7
+
+
 class ProducerSettings(_Section):
     """How :class:`stream.producer.EventProducer` packs events into batched records (docs/events.md)."""
 
@@ -230,6 +256,7 @@ class Settings(BaseSettings):
     stats: StatsSettings = StatsSettings()
     producer: ProducerSettings = ProducerSettings()
     join: JoinSettings = JoinSettings()
+    learning: LearningSettings = LearningSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import redis
 
 from infra import metrics
@@ -23,6 +24,7 @@ from infra.clock import Clock, now_ms
 from infra.redis_client import check_layout, unreachable
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
+from serving.model import ModelReader, UserVector
 from serving.sequences import Entry, SequenceReader
 from serving.stats import EntityId, StatsMatrix, StatsReader
 
@@ -52,6 +54,7 @@ class FeatureClient:
         self._exposure = ExposureReader(self.redis, self.settings, clock)
         self._sequences = SequenceReader(self.redis, self.settings)
         self._stats = StatsReader(self.redis, self.settings, clock)
+        self._model = ModelReader(self.redis, self.settings, self._sequences)
 
     # --- exposure filter (retrieval) ---------------------------------------------------------------
     def filter_unseen(self, user_id: str, candidate_ids: Iterable[str], at: int | None = None) -> list[str]:
@@ -84,6 +87,27 @@ class FeatureClient:
                     actions: Sequence[str] | None = None, at: int | None = None) -> StatsMatrix:
         """The same for many entities of one kind in one round trip (a numpy-backed matrix)."""
         return _timed("stats_multi", lambda: self._stats.stats_multi(kind, ids, windows, actions, at))
+
+    # --- the published two-tower model (retrieval) ---------------------------------------------------
+    def model_version(self) -> str | None:
+        """The model version serving reads (None before the first publish)."""
+        return _timed("model_version", self._model.version)
+
+    def user_embedding(self, user_id: str) -> np.ndarray:
+        """The user's fresh ID embedding (the shared default row if it has none yet)."""
+        return _timed("user_embedding", lambda: self._model.user_embedding(user_id))
+
+    def item_embeddings(self, item_ids: Sequence[str]) -> np.ndarray:
+        """``(len(item_ids), dim)`` item ID embeddings (the shared row where an item has none)."""
+        return _timed("item_embeddings", lambda: self._model.item_embeddings(item_ids))
+
+    def user_vector(self, user_id: str) -> UserVector:
+        """The user tower (numpy) over the fresh user embedding and the user's current last-N clicks."""
+        return _timed("user_vector", lambda: self._model.user_vector(user_id))
+
+    def score(self, user_id: str, item_ids: Sequence[str]) -> list[float]:
+        """cosine / temperature of the user's vector and each item's published vector."""
+        return _timed("score", lambda: self._model.score(user_id, item_ids))
 
     def close(self) -> None:
         """Release the connection pool."""

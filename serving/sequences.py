@@ -21,7 +21,7 @@ from infra.keys import KeyLayout
 from infra.redis_client import require_binary_client
 from infra.settings import Settings
 
-__all__ = ["CATEGORY_SCAN_LUA", "Entry", "SequenceReader"]
+__all__ = ["CATEGORY_SCAN_LUA", "Entry", "SequenceReader", "entries_of"]
 
 CATEGORY_SCAN_LUA = """
 -- KEYS[1] sequence; ARGV: n, max score ('+inf' or '(<before>'), first chunk, category
@@ -51,7 +51,8 @@ def _max_score(before: int | None) -> str:
     return "+inf" if before is None else f"({int(before)}"
 
 
-def _entries(rows: list[Any]) -> list[Entry]:
+def entries_of(rows: list[Any]) -> list[Entry]:
+    """Entries of a ``ZRANGE … WITHSCORES`` reply of a sequence, in reply order."""
     return [decode_member(member, int(float(score))) for member, score in rows]
 
 
@@ -91,24 +92,27 @@ class SequenceReader:
             rows = self.client.zrange(
                 key, _max_score(before), "-inf", desc=True, byscore=True, offset=0, num=n, withscores=True
             )
-            return _entries(rows)
+            return entries_of(rows)
         flat = self._scan(keys=[key], args=[n, _max_score(before), max(64, 2 * n), category])
         return [decode_member(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    def queue_last_n(self, pipe: Any, user_id: str, action: str, n: int, before: int | None = None) -> bool:
+        """Queue the read of :meth:`last_n` (no category) on ``pipe``; False when nothing was queued (no
+        sequence for ``action``, ``n <= 0``: read it as empty). Decode the reply with :func:`entries_of`."""
+        key = self._key(user_id, action)
+        if key is None or n <= 0:
+            return False
+        pipe.zrange(key, _max_score(before), "-inf", desc=True, byscore=True, offset=0, num=n, withscores=True)
+        return True
 
     def last_n_multi(
         self, user_id: str, requests: Mapping[str, int], before: int | None = None
     ) -> dict[str, list[Entry]]:
         """Several actions of one user in one round trip: ``{action: n}`` -> ``{action: entries}``."""
-        wanted = [(a, self._key(user_id, a), n) for a, n in requests.items()]
         pipe = self.client.pipeline(transaction=False)
-        asked: list[str] = []
-        for action, key, n in wanted:
-            if key is not None and n > 0:
-                pipe.zrange(key, _max_score(before), "-inf", desc=True, byscore=True, offset=0, num=n,
-                            withscores=True)
-                asked.append(action)
+        asked = [a for a, n in requests.items() if self.queue_last_n(pipe, user_id, a, n, before)]
         replies = pipe.execute() if asked else []
-        out: dict[str, list[Entry]] = {a: [] for a, _, _ in wanted}
+        out: dict[str, list[Entry]] = {a: [] for a in requests}
         for action, rows in zip(asked, replies, strict=True):
-            out[action] = _entries(rows)
+            out[action] = entries_of(rows)
         return out

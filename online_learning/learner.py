@@ -1,0 +1,239 @@
+"""The trainer's model state, without IO: a two-tower model, its ID tables, the optimizer, logQ counts.
+
+:class:`Learner` turns decoded samples into training steps and evaluation, prequentially (test, then
+train): :meth:`Learner.evaluate` scores a batch with the model as it stands, :meth:`Learner.train`
+trains on its positives. Incremental mode (``full=False``) freezes the towers and trains only the ID
+embeddings with sparse Adagrad; full mode (the nightly update) trains the whole network.
+
+- Rows: users, items and categories get their own rows through :class:`~online_learning.vocab.IdTable`
+  (admission after ``learning.min_count`` occurrences, idle eviction by event time, a row cap). A newly
+  admitted row starts as a copy of the shared row it used until then, with a fresh Adagrad accumulator.
+- logQ: ``log_q[j]`` is the log share of item ``j``'s row among all trained positives so far (streaming
+  click counts, this batch included) — popular items are sampled as in-batch negatives more often and
+  their logits are corrected by it.
+- Collisions: two positives of one item id in a batch are not each other's negatives (keys = the item
+  id's 64-bit hash, so distinct items sharing the default row stay negatives of each other).
+- Evaluation ranks each positive's item among the published item catalogue (every item with an own row,
+  its vector as of the last :meth:`Learner.refresh_catalogue`); an item outside it is a miss.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from filters.labels import Sample
+from infra.settings import LearningSettings
+from online_learning.dedup import id_hash
+from online_learning.evaluation import rank_of_targets
+from online_learning.model import Batch, FullOptimizer, TwoTower, full_optimizer, incremental_optimizer, train_step
+from online_learning.publish import Family, Rows
+from online_learning.vocab import IdTable
+
+__all__ = ["Learner", "Tables"]
+
+# torch checks every sparse gradient Adagrad applies and says so once per process, on stderr
+warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*", category=UserWarning)
+
+NO_CATEGORY = ""
+
+
+@dataclass
+class Tables:
+    """The id tables of one model: users, items, categories."""
+
+    users: IdTable
+    items: IdTable
+    categories: IdTable
+
+    @classmethod
+    def empty(cls, cfg: LearningSettings) -> Tables:
+        return cls(IdTable(cfg.max_users, cfg.min_count, cfg.idle_evict_ms),
+                   IdTable(cfg.max_items, cfg.min_count, cfg.idle_evict_ms),
+                   IdTable(cfg.max_categories, 1, cfg.idle_evict_ms))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"users": self.users.snapshot(), "items": self.items.snapshot(),
+                "categories": self.categories.snapshot()}
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> Tables:
+        return cls(IdTable.restore(snap["users"]), IdTable.restore(snap["items"]),
+                   IdTable.restore(snap["categories"]))
+
+
+class Learner:
+    """One model being trained (incrementally, or fully with ``full=True``)."""
+
+    def __init__(self, model: TwoTower, tables: Tables, cfg: LearningSettings, *, full: bool = False,
+                 item_clicks: np.ndarray | None = None) -> None:
+        self.model, self.tables, self.cfg, self.full = model, tables, cfg, full
+        if full:
+            model.unfreeze_dense()
+            self.optimizer: torch.optim.Optimizer | FullOptimizer = full_optimizer(model, cfg.lr)
+        else:
+            model.freeze_dense()
+            self.optimizer = incremental_optimizer(model, cfg.lr)
+        self.item_clicks = item_clicks if item_clicks is not None else np.zeros(tables.items.size, np.float64)
+        self.item_category: dict[str, str] = {}  # category last seen per item id with an own row
+        self.trained = 0
+        self.newest_ts = 0  # the newest sample ts trained (event time: eviction, the manifest)
+        self.catalogue_ids: list[str] = []
+        self.catalogue = np.zeros((0, model.dim), np.float32)
+        self._catalogue_index: dict[str, int] = {}
+
+    @classmethod
+    def fresh(cls, cfg: LearningSettings, *, full: bool = False) -> Learner:
+        """A random-initialised model (``learning.seed``) with empty tables."""
+        tables = Tables.empty(cfg)
+        model = TwoTower(tables.users.size, tables.items.size, tables.categories.size, cfg.dim,
+                         cfg.category_dim, cfg.hidden, cfg.temperature, cfg.seed)
+        return cls(model, tables, cfg, full=full)
+
+    # --- evaluation (before training) ----------------------------------------------------------------
+    @torch.no_grad()
+    def _user_vectors(self, samples: Sequence[Sample]) -> np.ndarray:
+        """User tower outputs for a non-empty batch of samples (rows looked up, nothing admitted)."""
+        users = self.tables.users.rows([s.user_id for s in samples])
+        item_rows = self.tables.items.rows
+        histories = [item_rows(s.history) for s in samples]
+        b = Batch.from_lists(users, histories, [0] * len(samples), [0] * len(samples),
+                             [0] * len(samples), np.zeros(len(samples)))
+        return self.model.user_vectors(b.user_rows, b.hist_rows, b.hist_offsets).numpy()
+
+    @torch.no_grad()
+    def _item_vectors(self, item_ids: Sequence[str], categories: Sequence[str]) -> np.ndarray:
+        items = torch.as_tensor(self.tables.items.rows(item_ids), dtype=torch.int64)
+        cats = torch.as_tensor(self.tables.categories.rows(categories), dtype=torch.int64)
+        return self.model.item_vectors(items, cats).numpy()
+
+    def rank_positives(self, positives: Sequence[Sample]) -> np.ndarray:
+        """1-based rank of each positive's item among the catalogue (``len(catalogue) + 1``: a miss)."""
+        if not positives:
+            return np.zeros(0, np.int64)
+        targets = np.array([self._catalogue_index.get(s.item_id, -1) for s in positives], np.int64)
+        return rank_of_targets(self._user_vectors(positives), self.catalogue, targets)
+
+    def score_impressions(self, impressions: Sequence[Sample]) -> np.ndarray:
+        """Cosine / temperature of each impression's user and item (the model as it stands)."""
+        if not impressions:
+            return np.zeros(0, np.float32)
+        users = self._user_vectors(impressions)
+        items = self._item_vectors([s.item_id for s in impressions],
+                                   [s.category or NO_CATEGORY for s in impressions])
+        out: np.ndarray = np.einsum("ij,ij->i", users, items) / self.model.temperature
+        return out
+
+    # --- training ----------------------------------------------------------------------------------
+    def train(self, positives: Sequence[Sample]) -> float:
+        """One step on a batch of positives; returns the loss (0.0 for an empty batch)."""
+        if not positives:
+            return 0.0
+        ts = max(s.ts for s in positives)
+        t = self.tables
+        users = t.users.observe([s.user_id for s in positives], ts)
+        cats_of = [s.category or NO_CATEGORY for s in positives]
+        items = t.items.observe([s.item_id for s in positives], ts)
+        cats = t.categories.observe(cats_of, ts)
+        for s, cat in zip(positives, cats_of, strict=True):
+            self.item_category[s.item_id] = cat
+        self._apply_table_changes()
+        item_rows = t.items.rows
+        histories = [item_rows(s.history) for s in positives]
+        np.add.at(self.item_clicks, items, 1.0)
+        log_q = np.log(self.item_clicks[items] / self.item_clicks.sum())
+        keys = [id_hash(s.item_id) for s in positives]
+        loss = train_step(self.model, self.optimizer, Batch.from_lists(users, histories, items, cats, keys, log_q))
+        self.trained += len(positives)
+        self.newest_ts = max(self.newest_ts, ts)
+        return loss
+
+    def expire(self, watermark_ms: int) -> None:
+        """Free rows idle at the watermark (event time)."""
+        for table in (self.tables.users, self.tables.items, self.tables.categories):
+            table.expire(watermark_ms)
+        self._apply_table_changes()
+
+    def _apply_table_changes(self) -> None:
+        """Admitted rows start as a copy of the shared row 0; evicted item rows lose their click count."""
+        m = self.model
+        for table, weight, clicks in ((self.tables.users, m.user_emb.weight, None),
+                                      (self.tables.items, m.item_emb.weight, self.item_clicks),
+                                      (self.tables.categories, m.cat_emb.weight, None)):
+            evicted = table.take_evicted()
+            if clicks is not None:
+                for key, row in evicted:
+                    clicks[row] = 0.0
+                    self.item_category.pop(key, None)
+            admitted = [row for _, row in table.take_admitted()]
+            if admitted:
+                with torch.no_grad():
+                    weight[admitted] = weight[0].clone()
+                self._reset_accumulators(weight, admitted)
+
+    def _reset_accumulators(self, weight: torch.Tensor, rows: list[int]) -> None:
+        opt = self.optimizer
+        optimizers = [opt.sparse] if isinstance(opt, FullOptimizer) else [opt]
+        for o in optimizers:
+            state = o.state.get(weight)
+            if state:
+                for value in state.values():
+                    if isinstance(value, torch.Tensor) and value.shape == weight.shape:
+                        value[rows] = 0.0
+
+    def load_published(self, users: Mapping[str, np.ndarray], items: Mapping[str, np.ndarray], ts: int) -> None:
+        """Overlay rows published after the checkpoint (a restart): each id gets its own row (admitted at
+        event time ``ts`` if the checkpoint had none) holding the published embedding."""
+        m = self.model
+        for table, weight, published in ((self.tables.users, m.user_emb.weight, users),
+                                         (self.tables.items, m.item_emb.weight, items)):
+            ids = [k for k in published if table.assign(k, ts)]
+            self._apply_table_changes()
+            rows = table.rows(ids)
+            if rows:
+                with torch.no_grad():
+                    weight[rows] = torch.as_tensor(np.stack([published[k] for k in ids]))
+        self.newest_ts = max(self.newest_ts, ts)
+
+    # --- publishing --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def touched_rows(self) -> Rows:
+        """The rows touched since the last call (embeddings, and the touched items' vectors)."""
+        users = self.tables.users.take_touched()
+        items = self.tables.items.take_touched()
+        m = self.model
+        user_ids, item_ids = list(users), list(items)
+        item_vecs = self._item_vectors(item_ids, [self.item_category.get(i, NO_CATEGORY) for i in item_ids])
+        return Rows(Family(user_ids, m.user_emb.weight[list(users.values())].numpy()),
+                    Family(item_ids, m.item_emb.weight[list(items.values())].numpy()),
+                    Family(item_ids, item_vecs))
+
+    def all_rows(self) -> Rows:
+        """Every own row (a complete version)."""
+        m = self.model
+        users = list(self.tables.users.items())
+        items = list(self.tables.items.items())
+        item_ids = [k for k, _ in items]
+        with torch.no_grad():
+            vecs = self._item_vectors(item_ids, [self.item_category.get(i, NO_CATEGORY) for i in item_ids])
+            return Rows(Family([k for k, _ in users], m.user_emb.weight[[r for _, r in users]].numpy()),
+                        Family(item_ids, m.item_emb.weight[[r for _, r in items]].numpy()),
+                        Family(item_ids, vecs))
+
+    def defaults(self) -> dict[str, np.ndarray]:
+        """The shared rows: what serving uses for an id without its own row."""
+        m = self.model
+        return {"user": m.user_emb.weight[0].detach().numpy().copy(),
+                "item": m.item_emb.weight[0].detach().numpy().copy()}
+
+    def refresh_catalogue(self) -> None:
+        """Recompute the item vectors evaluation ranks against (every item with an own row)."""
+        self.catalogue_ids = [k for k, _ in self.tables.items.items()]
+        self.catalogue = self._item_vectors(self.catalogue_ids,
+                                            [self.item_category.get(i, NO_CATEGORY) for i in self.catalogue_ids])
+        self._catalogue_index = {k: i for i, k in enumerate(self.catalogue_ids)}
