@@ -54,9 +54,15 @@ class SampleSource:
 
     def __init__(self, settings: Settings, group: str | None = None) -> None:
         self.topic = settings.kafka.samples_topic
+        self.assigned = False  # partitions assigned at least once (before that, polls return nothing)
+        group = group or settings.learning.group
         self._consumer: Any = Consumer({
             "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": group or settings.learning.group,
+            "group.id": group,
+            # static membership: a restarted trainer takes its partitions back at once instead of
+            # waiting for the killed one's session to time out
+            "group.instance.id": f"{group}-0",
+            "session.timeout.ms": 10_000,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "broker.address.family": "v4",
@@ -64,7 +70,10 @@ class SampleSource:
             "logger": _log,
             "error_cb": lambda err: _log.warning("kafka: %s", err),
         })
-        self._consumer.subscribe([self.topic])
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
+
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.assigned = True
 
     def poll(self, max_records: int, timeout_s: float) -> list[SampleRecord]:
         """Up to ``max_records`` records (fewer after ``timeout_s``); partition errors are skipped."""

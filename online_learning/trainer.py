@@ -18,8 +18,8 @@ incremental chain from that version's checkpoint at the next publish.
 from __future__ import annotations
 
 import logging
+import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -31,16 +31,18 @@ from filters.manifest import Manifest
 from filters.model_store import ModelStore
 from infra import metrics
 from infra.clock import Clock, now_ms
-from infra.errors import ModelError
+from infra.errors import InfraError, ModelError
 from infra.keys import trainer_seen
+from infra.redis_client import check_layout, connect
 from infra.settings import Settings
+from infra.topics import ensure_topics
 from online_learning.dedup import SampleDedup
 from online_learning.evaluation import MetricsLog, Prequential
 from online_learning.publish import ModelPublisher
 from online_learning.source import SampleRecord, SampleSource
 from online_learning.versions import ensure_version, resume
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "run_trainer"]
 
 _log = logging.getLogger("recstream.trainer")
 _decode = msgspec.json.Decoder(Sample).decode
@@ -179,12 +181,41 @@ class Trainer:
             self.log.write({"wall_ms": self.clock(), "event_ms": self.learner.newest_ts, "version": self.version,
                             "trained": self.learner.trained, **snapshot})
 
-    # --- the loop ----------------------------------------------------------------------------------
-    def run(self, stop: Callable[[], bool], poll_records: int = 5000) -> None:
-        """Poll, handle and publish until ``stop()`` is true (then publish once more)."""
-        while not stop():
-            self.handle(self.source.poll(poll_records, timeout_s=0.2))
-            if self.due():
-                self.publish()
-        self.publish()
 
+def run_trainer(settings: Settings, until_idle_s: float | None = None, metrics_log: Path | None = None) -> Trainer:
+    """``recstream trainer``: run until SIGTERM / SIGINT, or until ``until_idle_s`` seconds pass without a
+    record (then publish once more and return)."""
+    client = connect(settings.redis.effective_url)
+    check_layout(client, settings.redis.shards)
+    ensure_topics(settings)
+    port = settings.learning.metrics_port
+    if port:
+        try:
+            metrics.serve(port)
+        except OSError as exc:
+            msg = (f"cannot serve the trainer's /metrics on 127.0.0.1:{port} ({exc.strerror}): set "
+                   "RECSTREAM_LEARNING_METRICS_PORT to a free port (0 = none)")
+            raise InfraError(msg) from None
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    source = SampleSource(settings)
+    trainer = Trainer(settings, client, source, metrics_log=metrics_log)
+    last_record = time.monotonic()
+
+    def stop() -> bool:
+        idle = source.assigned and time.monotonic() - last_record > (until_idle_s or 0)
+        return bool(stopping) or (until_idle_s is not None and idle)
+
+    try:
+        while not stop():
+            records = source.poll(5000, timeout_s=0.2)
+            if records or not source.assigned:
+                last_record = time.monotonic()
+                trainer.handle(records)
+            if trainer.due():
+                trainer.publish()
+        trainer.publish()
+    finally:
+        source.close()
+    return trainer

@@ -1,4 +1,4 @@
-"""The ``recstream`` command line: infra, worker, produce, generate, lag, features, demo, bench.
+"""The ``recstream`` command line: infra, worker, trainer, full-update, model, produce, generate, lag, demo, bench.
 
 Every command turns a :class:`~infra.errors.RecstreamError` into ``error: <message>`` on stderr and a
 non-zero exit code — never a stack trace.
@@ -82,12 +82,16 @@ def bench(ctx: click.Context, name: str) -> None:
 def _register() -> None:
     from recstream.data_cli import generate, produce
     from recstream.infra_cli import infra
+    from recstream.learning_cli import full_update, model, trainer
     from recstream.samples_cli import samples
 
     main.add_command(infra)
     main.add_command(produce)
     main.add_command(generate)
     main.add_command(samples)
+    main.add_command(trainer)
+    main.add_command(full_update)
+    main.add_command(model)
 
 
 _register()

@@ -1,4 +1,5 @@
-"""Run ``recstream worker`` as a child process (used by the demo, the benchmarks and the tests).
+"""Run ``recstream worker`` (or another long-running command: ``trainer``) as a child process (used by
+the demo, the benchmarks and the tests).
 
 The child gets the exact settings of the parent through environment variables
 (:func:`infra.settings.to_env`), its output goes to a log file, and it is stopped with SIGTERM
@@ -30,12 +31,13 @@ def _die_with_parent() -> None:
 
 
 class WorkerProcess:
-    """One worker child process; a context manager that stops it on exit."""
+    """One worker child process (``args`` = another ``recstream`` command); stopped on exit."""
 
-    def __init__(self, settings: Settings, log_path: Path | None = None, loglevel: str = "info") -> None:
+    def __init__(self, settings: Settings, log_path: Path | None = None, loglevel: str = "info",
+                 args: tuple[str, ...] | None = None) -> None:
         self.settings = settings
-        self.log_path = log_path or settings.home / "logs" / "worker.log"
-        self.loglevel = loglevel
+        self.args = args or ("worker", "--loglevel", loglevel)
+        self.log_path = log_path or settings.home / "logs" / f"{self.args[0]}.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +50,7 @@ class WorkerProcess:
         env = {**os.environ, **to_env(self.settings), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "recstream.cli", "worker", "--loglevel", self.loglevel],
+                [sys.executable, "-m", "recstream.cli", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -56,7 +58,7 @@ class WorkerProcess:
         if self._proc.poll() is not None:
             lines = self.log_path.read_text(errors="replace").strip().splitlines()
             last = f" ({lines[-1].removeprefix('error: ')})" if lines else ""
-            msg = f"worker exited with code {self._proc.returncode}{last}; log: {self.log_path}"
+            msg = f"{self.args[0]} exited with code {self._proc.returncode}{last}; log: {self.log_path}"
             raise InfraError(msg)
         return self
 
@@ -71,6 +73,17 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the child to exit by itself (e.g. ``trainer --until-idle``); returns its exit code."""
+        if self._proc is None:
+            msg = "the process was never started"
+            raise InfraError(msg)
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            msg = f"{self.args[0]} did not exit within {timeout:.0f} s; log: {self.log_path}"
+            raise InfraError(msg) from None
 
     def crash(self) -> None:
         """SIGKILL the worker, as a power cut would: no commit, no flush."""

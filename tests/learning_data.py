@@ -21,7 +21,8 @@ def catalogue(items: int, categories: int) -> dict[str, str]:
 
 def stream(n: int, users: int = 50, items: int = 200, categories: int = 5, focus: float = 0.9,
            seed: int = 0, start_ts: int = 1_700_000_000_000, negatives: float = 0.0) -> list[Sample]:
-    """``n`` positives (and ``negatives`` × n click-free impression samples), ts increasing by 100 ms."""
+    """``n`` positives, ts increasing by 100 ms; for a share ``negatives`` of them also two impression
+    samples: the clicked one (click 1) and one of another item (click 0)."""
     rng = random.Random(seed)
     cat_of = catalogue(items, categories)
     by_cat: dict[str, list[str]] = {}
@@ -38,10 +39,11 @@ def stream(n: int, users: int = 50, items: int = 200, categories: int = 5, focus
         out.append(Sample(kind="positive", sample_id=f"s1-p{seed}-{k}", user_id=user, item_id=item,
                           request_id=f"r{k}", impression_ts=ts - 50, ts=ts, category=cat_of[item],
                           author_id=None, history=history, alpha=1.0))
-        if rng.random() < negatives:
+        if rng.random() < negatives:  # the clicked impression's own record, and one not clicked
             other = rng.choice(list(cat_of))
-            out.append(Sample(kind="impression", sample_id=f"s1-n{seed}-{k}", user_id=user, item_id=other,
-                              request_id=f"r{k}n", impression_ts=ts - 40, ts=ts - 40, category=cat_of[other],
-                              author_id=None, history=history, alpha=1.0, labels=LABELS_ZERO, position=1))
+            for sid, shown, label in ((f"s1-c{seed}-{k}", item, 1), (f"s1-n{seed}-{k}", other, 0)):
+                out.append(Sample(kind="impression", sample_id=sid, user_id=user, item_id=shown, request_id=f"r{k}",
+                                  impression_ts=ts - 50, ts=ts - 50, category=cat_of[shown], author_id=None,
+                                  history=history, alpha=1.0, labels={**LABELS_ZERO, "click": label}, position=1))
         clicks.setdefault(user, []).append(item)
     return out
