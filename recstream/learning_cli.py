@@ -31,7 +31,8 @@ def _store(settings: Settings) -> ModelStore:
 @click.option("--until-idle", type=float, default=None, metavar="S",
               help="Stop after S seconds without a sample (publishing once more); default: run until Ctrl-C.")
 @click.option("--metrics-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Append the windowed prequential metrics here at every publish (default: <home>/logs/trainer.jsonl).")
+              help="Append the windowed prequential metrics here at every publish "
+              "(default: <home>/logs/trainer.jsonl).")
 @click.pass_context
 @friendly_errors
 def trainer(ctx: click.Context, until_idle: float | None, metrics_log: Path | None) -> None:

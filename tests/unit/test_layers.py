@@ -116,3 +116,17 @@ def test_the_walk_sees_a_planted_cycle_and_a_planted_upward_edge() -> None:
     assert "filters.bloom" in edges["serving.exposure"] and "infra.keys" in edges["stream.writers"]
     edges["infra.errors"] = {"stream.app"}
     assert find_cycle(edges)  # stream.app reaches infra.errors, which now reaches it back
+
+
+def test_worker_serving_and_cli_run_without_loading_torch() -> None:
+    """At run time too: the worker app, the serving client and the whole CLI (``model`` commands included)
+    import without torch; only ``trainer`` and ``full-update`` load it, inside the command."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stream.app, serving.client, serving.model, recstream.cli, recstream.learning_cli\n"
+            "from click.testing import CliRunner\n"
+            "CliRunner().invoke(recstream.cli.main, ['model', '--help'])\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False", out.stderr
