@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from filters.labels import Sample
+from infra.keys import shard_of
 from infra.settings import LearningSettings
 from online_learning.dedup import id_hash
 from online_learning.evaluation import rank_of_targets
@@ -71,8 +72,8 @@ class Learner:
     """One model being trained (incrementally, or fully with ``full=True``)."""
 
     def __init__(self, model: TwoTower, tables: Tables, cfg: LearningSettings, *, full: bool = False,
-                 item_clicks: np.ndarray | None = None) -> None:
-        self.model, self.tables, self.cfg, self.full = model, tables, cfg, full
+                 item_clicks: np.ndarray | None = None, shards: int = 64) -> None:
+        self.model, self.tables, self.cfg, self.full, self.shards = model, tables, cfg, full, shards
         if full:
             model.unfreeze_dense()
             self.optimizer: torch.optim.Optimizer | FullOptimizer = full_optimizer(model, cfg.lr)
@@ -81,6 +82,12 @@ class Learner:
             self.optimizer = incremental_optimizer(model, cfg.lr)
         self.item_clicks = item_clicks if item_clicks is not None else np.zeros(tables.items.size, np.float64)
         self.item_category: dict[str, str] = {}  # category last seen per item id with an own row
+        # row -> Redis shard of the id holding it (filled at admission; publishing skips re-hashing ids)
+        self.row_shard = {"users": np.zeros(tables.users.size, np.int64),
+                          "items": np.zeros(tables.items.size, np.int64)}
+        for name in self.row_shard:
+            for key, row in getattr(tables, name).items():
+                self.row_shard[name][row] = shard_of(key, shards)
         self.trained = 0
         self.newest_ts = 0  # the newest sample ts trained (event time: eviction, the manifest)
         self.catalogue_ids: list[str] = []
@@ -162,15 +169,20 @@ class Learner:
     def _apply_table_changes(self) -> None:
         """Admitted rows start as a copy of the shared row 0; evicted item rows lose their click count."""
         m = self.model
-        for table, weight, clicks in ((self.tables.users, m.user_emb.weight, None),
-                                      (self.tables.items, m.item_emb.weight, self.item_clicks),
-                                      (self.tables.categories, m.cat_emb.weight, None)):
+        for name, table, weight, clicks in (("users", self.tables.users, m.user_emb.weight, None),
+                                            ("items", self.tables.items, m.item_emb.weight, self.item_clicks),
+                                            ("categories", self.tables.categories, m.cat_emb.weight, None)):
             evicted = table.take_evicted()
             if clicks is not None:
                 for key, row in evicted:
                     clicks[row] = 0.0
                     self.item_category.pop(key, None)
-            admitted = [row for _, row in table.take_admitted()]
+            taken = table.take_admitted()
+            admitted = [row for _, row in taken]
+            shard_of_row = self.row_shard.get(name)
+            if shard_of_row is not None:
+                for key, row in taken:
+                    shard_of_row[row] = shard_of(key, self.shards)
             if admitted:
                 with torch.no_grad():
                     weight[admitted] = weight[0].clone()
@@ -209,9 +221,12 @@ class Learner:
         m = self.model
         user_ids, item_ids = list(users), list(items)
         item_vecs = self._item_vectors(item_ids, [self.item_category.get(i, NO_CATEGORY) for i in item_ids])
-        return Rows(Family(user_ids, m.user_emb.weight[list(users.values())].numpy()),
-                    Family(item_ids, m.item_emb.weight[list(items.values())].numpy()),
-                    Family(item_ids, item_vecs))
+        user_rows, item_rows = list(users.values()), list(items.values())
+        user_shards, item_shards = self.row_shard["users"][user_rows], self.row_shard["items"][item_rows]
+        n = self.shards
+        return Rows(Family(user_ids, m.user_emb.weight[user_rows].numpy(), user_shards, n),
+                    Family(item_ids, m.item_emb.weight[item_rows].numpy(), item_shards, n),
+                    Family(item_ids, item_vecs, item_shards, n))
 
     def all_rows(self) -> Rows:
         """Every own row (a complete version)."""

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,11 +21,12 @@ from filters.manifest import Manifest, encode_manifest
 from filters.model_store import ModelStore, pack_vector
 from filters.towers import TowerWeights, encode_weights
 from infra.errors import ModelError
-from infra.keys import MODEL_CURRENT, MODEL_VERSIONS, model_key
+from infra.keys import MODEL_CURRENT, MODEL_VERSIONS, model_key, shard_of
+from infra.redis_client import write_packed
 
 __all__ = ["Family", "ModelPublisher", "Rows"]
 
-_CHUNK = 20_000  # fields per pipeline when writing a complete version
+_CHUNK = 20_000  # fields per HSET command
 
 
 _EMPTY = np.zeros((0, 0), dtype=np.float32)
@@ -36,15 +38,29 @@ class Family:
 
     ids: Sequence[str] = ()
     matrix: np.ndarray = field(default_factory=lambda: _EMPTY)
+    shards: np.ndarray | None = None  # shard_of(ids[k], shard_count) when the caller knows it (no re-hashing)
+    shard_count: int = 0
 
-    def packed(self) -> Iterator[tuple[str, bytes]]:
-        """``(id, float32 bytes)`` per row, sliced from one ``tobytes()`` of the whole matrix."""
-        if not self.ids:
+    def hsets(self, shards: int, key_of: Callable[[int], str], chunk: int = _CHUNK) -> Iterator[list[Any]]:
+        """``HSET`` commands (at most ``chunk`` fields each) writing every row into its shard's hash:
+        rows grouped by shard with numpy, vectors as float32 bytes, ids as they are."""
+        n = len(self.ids)
+        if not n:
             return
-        blob = np.ascontiguousarray(self.matrix, dtype="<f4").tobytes()
-        width = len(blob) // len(self.ids)
-        for k, entity_id in enumerate(self.ids):
-            yield entity_id, blob[k * width:(k + 1) * width]
+        known = self.shards is not None and self.shard_count == shards
+        shard = self.shards if known and self.shards is not None else np.fromiter(
+            (shard_of(i, shards) for i in self.ids), np.int64, n)
+        order = np.argsort(shard, kind="stable")
+        bounds = np.searchsorted(shard[order], np.arange(shards + 1))
+        matrix = np.ascontiguousarray(self.matrix[order], dtype="<f4")
+        values = matrix.view(f"V{matrix.shape[1] * 4}").ravel().tolist()  # one bytes object per row
+        ids = [self.ids[k] for k in order.tolist()]
+        for s in range(shards):
+            for start in range(int(bounds[s]), int(bounds[s + 1]), chunk):
+                stop = min(start + chunk, int(bounds[s + 1]))
+                args: list[Any] = [None] * (2 * (stop - start))
+                args[0::2], args[1::2] = ids[start:stop], values[start:stop]
+                yield ["HSET", key_of(s), *args]
 
 
 @dataclass
@@ -66,46 +82,37 @@ class ModelPublisher:
         self.store = store
         self.keep = keep_versions
 
-    def _by_shard(self, rows: Rows, version: str) -> dict[str, dict[str, bytes]]:
+    def _hsets(self, rows: Rows, version: str) -> Iterator[list[Any]]:
         keys = self.store.keys
-        out: dict[str, dict[str, bytes]] = {}
-        shards = range(keys.shards)
-        targets = ((rows.users, [keys.embedding("user", s, version) for s in shards], "user"),
-                   (rows.items, [keys.embedding("item", s, version) for s in shards], "item"),
-                   (rows.vectors, [keys.item_vectors(s, version) for s in shards], "item"))
-        for family, shard_keys, kind in targets:
-            for entity_id, blob in family.packed():
-                out.setdefault(shard_keys[keys.shard(kind, entity_id)], {})[entity_id] = blob
-        return out
+        yield from rows.users.hsets(keys.shards, lambda s: keys.embedding("user", s, version))
+        yield from rows.items.hsets(keys.shards, lambda s: keys.embedding("item", s, version))
+        yield from rows.vectors.hsets(keys.shards, lambda s: keys.item_vectors(s, version))
 
     def publish_delta(self, manifest: Manifest, rows: Rows, extra: Mapping[str, bytes] | None = None,
                       extra_ttl_ms: int = 0) -> None:
         """Touched rows + manifest (+ ``extra``: list key -> blob appended, e.g. trained sample ids) into
         ``manifest.version``, one round trip."""
-        pipe = self.store.redis.pipeline(transaction=False)
-        for key, mapping in self._by_shard(rows, manifest.version).items():
-            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+        commands: list[Sequence[Any]] = list(self._hsets(rows, manifest.version))
         for key, blob in (extra or {}).items():
-            pipe.rpush(key, blob)
+            commands.append(("RPUSH", key, blob))
             if extra_ttl_ms:
-                pipe.pexpire(key, extra_ttl_ms)
-        pipe.set(model_key(manifest.version, "manifest"), encode_manifest(manifest))
-        pipe.execute()
+                commands.append(("PEXPIRE", key, extra_ttl_ms))
+        commands.append(("SET", model_key(manifest.version, "manifest"), encode_manifest(manifest)))
+        write_packed(self.store.redis, commands)
 
     def create_version(self, manifest: Manifest, weights: TowerWeights, defaults: Mapping[str, np.ndarray],
                        rows: Rows) -> None:
         """Write a complete version, then make it current and drop versions beyond the kept ones."""
         redis = self.store.redis
         redis.delete(*self.store.version_keys(manifest.version))  # a half-written earlier attempt
-        pipe, pending = redis.pipeline(transaction=False), 0
-        for key, mapping in self._by_shard(rows, manifest.version).items():
-            items = list(mapping.items())
-            for start in range(0, len(items), _CHUNK):
-                pipe.hset(key, mapping=dict(items[start:start + _CHUNK]))
-                pending += min(_CHUNK, len(items) - start)
-                if pending >= _CHUNK:
-                    pipe.execute()
-                    pending = 0
+        batch: list[Sequence[Any]] = []
+        for command in self._hsets(rows, manifest.version):
+            batch.append(command)
+            if len(batch) >= 8:
+                write_packed(redis, batch)
+                batch = []
+        write_packed(redis, batch)
+        pipe = redis.pipeline(transaction=False)
         pipe.set(model_key(manifest.version, "weights"), encode_weights(weights))
         pipe.hset(model_key(manifest.version, "defaults"),
                   mapping={k: pack_vector(v) for k, v in defaults.items()})

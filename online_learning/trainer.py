@@ -203,16 +203,14 @@ def run_trainer(settings: Settings, until_idle_s: float | None = None, metrics_l
     trainer = Trainer(settings, client, source, metrics_log=metrics_log)
     last_record = time.monotonic()
 
-    def stop() -> bool:
-        idle = source.assigned and time.monotonic() - last_record > (until_idle_s or 0)
-        return bool(stopping) or (until_idle_s is not None and idle)
-
     try:
-        while not stop():
+        while not stopping:
             records = source.poll(5000, timeout_s=0.2)
             if records or not source.assigned:
-                last_record = time.monotonic()
                 trainer.handle(records)
+                last_record = time.monotonic()
+            elif until_idle_s is not None and time.monotonic() - last_record > until_idle_s:
+                break  # an empty poll, and none with records for until_idle_s: caught up
             if trainer.due():
                 trainer.publish()
         trainer.publish()

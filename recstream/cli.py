@@ -62,6 +62,7 @@ def demo(ctx: click.Context, users: int, items: int, days: int, events: int) -> 
 BENCHMARKS = {
     "ingest": "bench.ingest_bench",
     "join": "bench.join_bench",
+    "learning": "bench.learning_bench",
     "bloom": "bench.bloom_bench",
     "reads": "bench.reads_bench",
     "stats": "bench.stats_bench",
