@@ -48,6 +48,8 @@ _log = logging.getLogger("recstream.trainer")
 _decode = msgspec.json.Decoder(Sample).decode
 _SAFETY_TTL_MS = 86_400_000
 _EVAL_CHUNK = 8192
+_TABLE_EVENTS = (("admissions", "admission"), ("evictions", "eviction"), ("hits", "hit"), ("misses", "miss"),
+                 ("full", "full"))
 
 
 class Trainer:
@@ -68,6 +70,7 @@ class Trainer:
         self.buffer: list[Sample] = []  # positives waiting for a full training batch
         self.impressions: list[Sample] = []  # impression samples waiting to be scored
         self.last_publish = clock()
+        self._table_counts: dict[tuple[str, str], int] = {}  # IdTable counters already exported
 
     def _load_seen(self) -> set[int]:
         pattern = trainer_seen(self.cfg.group, "*")
@@ -164,6 +167,7 @@ class Trainer:
             _log.info("model version %s is current: restarting the incremental chain from it", current)
             self.version = current
             self.learner, self.manifest = resume(self.settings, self.store, current)
+            self._table_counts.clear()
 
     def _observe(self, users: object, items: object, seconds: float) -> None:
         metrics.TRAINER_PUBLISH_SECONDS.observe(seconds)
@@ -177,6 +181,12 @@ class Trainer:
         for name, table in (("user", self.learner.tables.users), ("item", self.learner.tables.items),
                             ("category", self.learner.tables.categories)):
             metrics.EMBEDDING_ROWS.labels(table=name).set(len(table))
+            stats = table.stats
+            for field, event in _TABLE_EVENTS:
+                now, before = getattr(stats, field), self._table_counts.get((name, field), 0)
+                if now > before:
+                    metrics.EMBEDDING_EVENTS.labels(table=name, event=event).inc(now - before)
+                self._table_counts[(name, field)] = now
         if self.log is not None:
             self.log.write({"wall_ms": self.clock(), "event_ms": self.learner.newest_ts, "version": self.version,
                             "trained": self.learner.trained, **snapshot})
