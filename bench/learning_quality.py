@@ -65,8 +65,9 @@ SYNTHETIC_START_MS = 1_699_920_000_000  # 2023-11-14 00:00 UTC: generated days a
 #: The learner settings changed from the defaults (sized to a few thousand positives a day).
 LEARNING = {"batch_size": 128, "max_users": 50_000, "max_items": 50_000}
 BOOTSTRAP_N, BOOTSTRAP_SEED = 1000, 0
-Observer = Callable[[str, int, Learner], None]
-"""Called after each chunk with (regime, day number, its learner) once the chunk is tested and trained."""
+Observer = Callable[[str, int, int, Learner], None]
+"""Called with (regime, day number, chunk index, its learner): at the start of each day (chunk -1), then
+after each chunk is tested and trained."""
 
 
 def event_time(s: Sample) -> int:
@@ -198,8 +199,8 @@ def test_chunk(learner: Learner, positives: Sequence[Sample],
             learner.score_impressions(impressions).astype(np.float64))
 
 
-def _step(run: Run, day: int, chunk: Sequence[Sample], learners: Mapping[str, Learner],
-          observer: Observer | None) -> None:
+def _step(run: Run, day: int, chunk: Sequence[Sample], learners: Mapping[str, Learner]) -> None:
+    """Test every regime on the chunk, then train the non-frozen ones on its positives."""
     positives = [s for s in chunk if s.kind == "positive"]
     impressions = [s for s in chunk if s.kind == "impression"]
     run.pos_ts += [s.ts for s in positives]
@@ -207,34 +208,35 @@ def _step(run: Run, day: int, chunk: Sequence[Sample], learners: Mapping[str, Le
     run.imp_day += [day] * len(impressions)
     run.labels += [(s.labels or {}).get("click", 0) for s in impressions]
     for name, learner in learners.items():
-        hits, rr, missing, scores = test_chunk(learner, positives, impressions)
-        run.hits[name].append(hits)
-        run.rr[name].append(rr)
-        run.missing[name].append(missing)
-        run.scores[name].append(scores)
+        for series, values in zip(("hits", "rr", "missing", "scores"), test_chunk(learner, positives, impressions),
+                                  strict=True):
+            getattr(run, series)[name].append(values)
         if name != FROZEN:
             learner.train(positives)
             learner.refresh_catalogue()
-        if observer is not None:
-            observer(name, day, learner)
 
 
 def run_regimes(days: Sequence[tuple[int, Sequence[Sample]]], cfg: LearningSettings,
                 observer: Observer | None = None, desc: str = "days") -> Run:
     """The three regimes over ``days`` (day 0 warm-up), prequentially (module docstring)."""
     run = Run(days=[d for d, _ in days[1:]])
+    seen: Observer = observer or (lambda *_: None)
     with tempfile.TemporaryDirectory(prefix="recstream-lq-") as home:
         tmp = Path(home)
         full = nightly(None, days[0][1], days[0][0], cfg, tmp)
         chain = clone(full, cfg, tmp, full=False)
         with tqdm(total=sum(len(s) for _, s in days[1:]), desc=desc, unit="sample", **BAR) as bar:
-            for k, (day, samples) in enumerate(days[1:], 1):
+            for n, (day, samples) in enumerate(days[1:], 1):
                 learners = {FROZEN: clone(full, cfg, tmp, full=False), OURS: clone(full, cfg, tmp, full=False),
                             INCREMENTAL: chain}
-                for chunk in chunks(samples, cfg.batch_size):
-                    _step(run, day, chunk, learners, observer)
+                for name, learner in learners.items():
+                    seen(name, day, -1, learner)
+                for k, chunk in enumerate(chunks(samples, cfg.batch_size)):
+                    _step(run, day, chunk, learners)
+                    for name, learner in learners.items():
+                        seen(name, day, k, learner)
                     bar.update(len(chunk))
-                if k < len(days) - 1:  # the last day's full model would serve no evaluated day
+                if n < len(days) - 1:  # the last day's full model would serve no evaluated day
                     full = nightly(full, samples, day, cfg, tmp)
     return run
 

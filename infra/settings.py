@@ -210,7 +210,8 @@ class LearningSettings(_Section):
     max_categories: int = Field(10_000, ge=1)
     idle_evict_ms: int = Field(7 * MS_PER_DAY, ge=1, description="event time after which an unused row is freed")
     publish_every_s: float = Field(5.0, gt=0, le=3600, description="publish the touched rows this often")
-    keep_versions: int = Field(3, ge=1, le=100, description="model versions kept in Redis for rollback")
+    keep_versions: int = Field(
+        3, ge=2, le=100, description="versions kept in Redis (rollback; ≥ 2: a reader mid-switch finds its own)")
     dedup_horizon_ms: int = Field(
         6 * MS_PER_HOUR, ge=0, description="event time over which the trainer remembers sample ids")
     eval_window: int = Field(20_000, ge=100, description="samples in the sliding window of the prequential metrics")
