@@ -38,6 +38,7 @@ import datetime as dt
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,27 +172,32 @@ def nightly(parent: Learner | None, samples: Iterable[Sample], day: int, cfg: Le
 
 
 # --- the prequential run -----------------------------------------------------------------------------
+SERIES = ("hits", "rr", "missing", "scores")
+
+
 @dataclass
 class Run:
-    """Per-sample arrays over all evaluated days, the same samples in the same order for every regime."""
+    """Per-sample arrays over all evaluated days, the same samples in the same order for every regime
+    (``series[name][regime]``: chunks of recall hits, reciprocal ranks, outside-catalogue flags, scores),
+    and the recall hits of a popularity reference (the K most clicked items so far, day 0 included)."""
 
-    days: list[int] = field(default_factory=list)
+    days: list[int]
     pos_ts: list[int] = field(default_factory=list)
     pos_day: list[int] = field(default_factory=list)
     imp_day: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
-    hits: dict[str, list[np.ndarray]] = field(default_factory=lambda: {r: [] for r in REGIMES})
-    rr: dict[str, list[np.ndarray]] = field(default_factory=lambda: {r: [] for r in REGIMES})
-    missing: dict[str, list[np.ndarray]] = field(default_factory=lambda: {r: [] for r in REGIMES})
-    scores: dict[str, list[np.ndarray]] = field(default_factory=lambda: {r: [] for r in REGIMES})
+    series: dict[str, dict[str, list[np.ndarray]]] = field(
+        default_factory=lambda: {s: {r: [] for r in REGIMES} for s in SERIES})
+    popular: list[float] = field(default_factory=list)
+    clicks: Counter[str] = field(default_factory=Counter)
 
     def array(self, name: str, regime: str) -> np.ndarray:
-        parts: list[np.ndarray] = getattr(self, name)[regime]
+        parts = self.series[name][regime]
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def test_chunk(learner: Learner, positives: Sequence[Sample],
-               impressions: Sequence[Sample]) -> tuple[np.ndarray, ...]:
+def score_chunk(learner: Learner, positives: Sequence[Sample],
+                impressions: Sequence[Sample]) -> tuple[np.ndarray, ...]:
     """Recall@K hits, reciprocal ranks, outside-the-catalogue flags of the positives; impression scores."""
     n = len(learner.catalogue_ids)
     ranks = learner.rank_positives(positives)
@@ -207,10 +213,12 @@ def _step(run: Run, day: int, chunk: Sequence[Sample], learners: Mapping[str, Le
     run.pos_day += [day] * len(positives)
     run.imp_day += [day] * len(impressions)
     run.labels += [(s.labels or {}).get("click", 0) for s in impressions]
+    popular = {item for item, _ in run.clicks.most_common(K)}
+    run.popular += [float(s.item_id in popular) for s in positives]
+    run.clicks.update(s.item_id for s in positives)
     for name, learner in learners.items():
-        for series, values in zip(("hits", "rr", "missing", "scores"), test_chunk(learner, positives, impressions),
-                                  strict=True):
-            getattr(run, series)[name].append(values)
+        for series, values in zip(SERIES, score_chunk(learner, positives, impressions), strict=True):
+            run.series[series][name].append(values)
         if name != FROZEN:
             learner.train(positives)
             learner.refresh_catalogue()
@@ -224,6 +232,7 @@ def run_regimes(days: Sequence[tuple[int, Sequence[Sample]]], cfg: LearningSetti
     with tempfile.TemporaryDirectory(prefix="recstream-lq-") as home:
         tmp = Path(home)
         full = nightly(None, days[0][1], days[0][0], cfg, tmp)
+        run.clicks.update(s.item_id for s in days[0][1] if s.kind == "positive")
         chain = clone(full, cfg, tmp, full=False)
         with tqdm(total=sum(len(s) for _, s in days[1:]), desc=desc, unit="sample", **BAR) as bar:
             for n, (day, samples) in enumerate(days[1:], 1):
@@ -290,8 +299,11 @@ def summarize(run: Run) -> dict[str, Any]:
                for r in REGIMES}
     diffs = {f"{OURS} vs {FROZEN}": compare(run, FROZEN, OURS),
              f"{OURS} vs {INCREMENTAL}": compare(run, INCREMENTAL, OURS)}
+    popular = np.asarray(run.popular)
+    reference = {"popularity_recall@50": float(popular.mean()),
+                 "per_day": {day_name(d): float(popular[pos_day == d].mean()) for d in run.days}}
     return {"days": [day_name(d) for d in run.days], "overall": overall, "per_day": per_day,
-            "differences": diffs, "goals": goals(diffs)}
+            "differences": diffs, "goals": goals(diffs), "reference": reference}
 
 
 def plot(run: Run, summary: Mapping[str, Any], title: str, path: Path) -> None:
