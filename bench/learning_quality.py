@@ -66,9 +66,9 @@ SYNTHETIC_START_MS = 1_699_920_000_000  # 2023-11-14 00:00 UTC: generated days a
 #: The learner settings changed from the defaults (sized to a few thousand positives a day).
 LEARNING = {"batch_size": 128, "max_users": 50_000, "max_items": 50_000}
 BOOTSTRAP_N, BOOTSTRAP_SEED = 1000, 0
+#: Called with (regime, day number, chunk index, learner): at the start of each day (chunk -1), then after
+#: each chunk is tested and trained.
 Observer = Callable[[str, int, int, Learner], None]
-"""Called with (regime, day number, chunk index, its learner): at the start of each day (chunk -1), then
-after each chunk is tested and trained."""
 
 
 def event_time(s: Sample) -> int:
@@ -81,21 +81,6 @@ def day_name(day: int) -> str:
 
 
 # --- data ------------------------------------------------------------------------------------------
-def synthetic_events(users: int, items: int, days: float, events: int,
-                     seed: int) -> tuple[Iterator[Event], dict[str, ItemMeta]]:
-    """Generated events (emission order: late and duplicate deliveries included) and item metadata."""
-    cfg = GeneratorConfig(users=users, items=items, days=days, events=events, seed=seed, start_ms=SYNTHETIC_START_MS)
-    world = World(cfg)
-    return generate_events(cfg, world), {m.item_id: m for m in generate_items(cfg, world)}
-
-
-def mind_events(path: Path, rejects: Rejects) -> tuple[list[Event], dict[str, ItemMeta]]:
-    """MIND behaviors as events sorted by time (stable: a row's impressions stay before its clicks)."""
-    news = path / "news.tsv"
-    events = sorted(read_mind(path / "behaviors.tsv", news, on_error=rejects), key=lambda e: e.ts)
-    return events, {m.item_id: m for m in mind_news_items(news)}
-
-
 def join_samples(events: Iterable[Event], meta: Mapping[str, ItemMeta], cfg: JoinConfig, lateness_ms: int,
                  chunk: int = 20_000) -> list[Sample]:
     """Every sample of the label join over ``events`` (delivery order), sorted by event time."""
@@ -252,13 +237,10 @@ def run_regimes(days: Sequence[tuple[int, Sequence[Sample]]], cfg: LearningSetti
 
 # --- summary -----------------------------------------------------------------------------------------
 def _metrics(run: Run, regime: str, pos: np.ndarray, imp: np.ndarray) -> dict[str, Any]:
-    hits, labels = run.array("hits", regime)[pos], np.asarray(run.labels, np.float64)[imp]
-    a = auc(run.array("scores", regime)[imp], labels) if imp.any() else float("nan")
-    return {"positives": int(pos.sum()), "impressions": int(imp.sum()),
-            "recall@50": float(hits.mean()) if hits.size else None,
-            "mrr": float(run.array("rr", regime)[pos].mean()) if hits.size else None,
-            "auc": None if np.isnan(a) else a,
-            "outside_catalogue": float(run.array("missing", regime)[pos].mean()) if hits.size else None}
+    mean = {s: float(run.array(s, regime)[pos].mean()) if pos.any() else None for s in ("hits", "rr", "missing")}
+    a = auc(run.array("scores", regime)[imp], np.asarray(run.labels, np.float64)[imp]) if imp.any() else np.nan
+    return {"positives": int(pos.sum()), "impressions": int(imp.sum()), "recall@50": mean["hits"], "mrr": mean["rr"],
+            "auc": None if np.isnan(a) else a, "outside_catalogue": mean["missing"]}
 
 
 def compare(run: Run, base: str, other: str) -> dict[str, list[float]]:
@@ -293,8 +275,7 @@ def goals(diffs: Mapping[str, Mapping[str, list[float]]]) -> list[dict[str, Any]
 def summarize(run: Run) -> dict[str, Any]:
     """Overall and per-day metrics per regime, the paired differences and the goals."""
     pos_day, imp_day = np.asarray(run.pos_day), np.asarray(run.imp_day)
-    every_pos, every_imp = np.ones(pos_day.size, bool), np.ones(imp_day.size, bool)
-    overall = {r: _metrics(run, r, every_pos, every_imp) for r in REGIMES}
+    overall = {r: _metrics(run, r, pos_day >= 0, imp_day >= 0) for r in REGIMES}
     per_day = {r: [{"day": day_name(d), **_metrics(run, r, pos_day == d, imp_day == d)} for d in run.days]
                for r in REGIMES}
     diffs = {f"{OURS} vs {FROZEN}": compare(run, FROZEN, OURS),
@@ -357,9 +338,7 @@ def bench_dataset(name: str, events: Iterable[Event], meta: Mapping[str, ItemMet
 
 
 def _f(x: float | None, pct: bool = False) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:+.1%}" if pct else f"{x:.4f}"
+    return "n/a" if x is None else f"{x:+.1%}" if pct else f"{x:.4f}"
 
 
 def table(results: Mapping[str, Any]) -> list[list[str]]:
@@ -387,29 +366,33 @@ def _sections(results: Mapping[str, Any]) -> str:
         for g in res.get("goals", []):
             lines.append(f"| {name} | {g['goal']} | {g['rule']} | {'met' if g['met'] else 'MISSED'} | "
                          f"{'met' if g['strict'] else 'missed'} |")
-    lines += ["", "## Per day", "",
-              f"| dataset | day | regime | positives | recall@{K} | MRR | AUC | outside catalogue |", "|---" * 8 + "|"]
+    lines += ["", f"## Per day (popularity: recall@{K} of the {K} most clicked items so far, a reference)", "",
+              f"| dataset | day | regime | positives | recall@{K} | MRR | AUC | outside catalogue | popularity |",
+              "|---" * 9 + "|"]
     for name, res in results.items():
         for regime, days in res.get("per_day", {}).items():
-            for d in days:
-                lines.append(f"| {name} | {d['day']} | {regime} | {d['positives']:,} | {_f(d['recall@50'])} | "
-                             f"{_f(d['mrr'])} | {_f(d['auc'])} | {d['outside_catalogue']:.1%} |")
+            lines += [f"| {name} | {d['day']} | {regime} | {d['positives']:,} | {_f(d['recall@50'])} | {_f(d['mrr'])} "
+                      f"| {_f(d['auc'])} | {d['outside_catalogue']:.1%} | "
+                      f"{_f(res['reference']['per_day'][d['day']])} |" for d in days]
     skipped = [f"- {name}: {res['skipped']}" for name, res in results.items() if "skipped" in res]
     return "\n".join(lines + (["", "## Skipped", "", *skipped] if skipped else [])) + "\n"
 
 
 def load(name: str, args: argparse.Namespace) -> tuple[Iterable[Event], Mapping[str, ItemMeta], dict[str, Any]] | str:
-    """A dataset's events, item metadata and description, or why it is skipped."""
-    if name == "synthetic":
-        events, meta = synthetic_events(args.users, args.items, args.days, args.events, args.seed)
-        return events, meta, {"users": args.users, "items": args.items, "days": args.days, "events": args.events,
-                              "seed": args.seed, "start_ms": SYNTHETIC_START_MS}
-    if name == "mind":
-        if not (args.data / "behaviors.tsv").is_file() or not (args.data / "news.tsv").is_file():
+    """A dataset's events (delivery order), item metadata and description, or why it is skipped."""
+    if name == "synthetic":  # emission order: late and duplicate deliveries included
+        cfg = GeneratorConfig(users=args.users, items=args.items, days=args.days, events=args.events,
+                              seed=args.seed, start_ms=SYNTHETIC_START_MS)
+        world = World(cfg)
+        return (generate_events(cfg, world), {m.item_id: m for m in generate_items(cfg, world)},
+                {k: getattr(cfg, k) for k in ("users", "items", "days", "events", "seed", "start_ms")})
+    if name == "mind":  # sorted by time (stable: a row's impressions stay before its clicks)
+        behaviors, news, rejects = args.data / "behaviors.tsv", args.data / "news.tsv", Rejects()
+        if not behaviors.is_file() or not news.is_file():
             return f"no behaviors.tsv + news.tsv under {args.data}"
-        rejects = Rejects()
-        mind, meta = mind_events(args.data, rejects)
-        return mind, meta, {"path": str(args.data), "events": len(mind), "rejected_rows": rejects.total}
+        events = sorted(read_mind(behaviors, news, on_error=rejects), key=lambda e: e.ts)
+        return (events, {m.item_id: m for m in mind_news_items(news)},
+                {"path": str(args.data), "events": len(events), "rejected_rows": rejects.total})
     return f"unknown dataset {name!r} (synthetic, mind)"
 
 

@@ -8,7 +8,7 @@ dropped by ``sample_id``. The update is idempotent: a kept version already made 
 (model id ``full-<day>``) is reported and nothing is trained, unless ``force``.
 
 >>> day_bounds("2026-11-30")
-(1764460800000, 1764547200000)
+(1795996800000, 1796083200000)
 """
 
 from __future__ import annotations

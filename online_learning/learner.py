@@ -19,7 +19,6 @@ embeddings with sparse Adagrad; full mode (the nightly update) trains the whole 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +31,20 @@ from infra.keys import shard_of
 from infra.settings import LearningSettings
 from online_learning.dedup import id_hash
 from online_learning.evaluation import rank_of_targets
-from online_learning.model import Batch, FullOptimizer, TwoTower, full_optimizer, incremental_optimizer, train_step
+from online_learning.model import (
+    Batch,
+    FullOptimizer,
+    RowAdagrad,
+    TwoTower,
+    full_optimizer,
+    incremental_optimizer,
+    train_step,
+)
 from online_learning.publish import Family, Rows
 from online_learning.vocab import IdTable
 
 __all__ = ["Learner", "Tables"]
 
-# torch checks every sparse gradient Adagrad applies and says so once per process, on stderr
-warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*", category=UserWarning)
 
 NO_CATEGORY = ""
 
@@ -76,7 +81,7 @@ class Learner:
         self.model, self.tables, self.cfg, self.full, self.shards = model, tables, cfg, full, shards
         if full:
             model.unfreeze_dense()
-            self.optimizer: torch.optim.Optimizer | FullOptimizer = full_optimizer(model, cfg.lr)
+            self.optimizer: RowAdagrad | FullOptimizer = full_optimizer(model, cfg.lr)
         else:
             model.freeze_dense()
             self.optimizer = incremental_optimizer(model, cfg.lr)
@@ -190,13 +195,10 @@ class Learner:
 
     def _reset_accumulators(self, weight: torch.Tensor, rows: list[int]) -> None:
         opt = self.optimizer
-        optimizers = [opt.sparse] if isinstance(opt, FullOptimizer) else [opt]
-        for o in optimizers:
-            state = o.state.get(weight)
-            if state:
-                for value in state.values():
-                    if isinstance(value, torch.Tensor) and value.shape == weight.shape:
-                        value[rows] = 0.0
+        sparse = opt.sparse if isinstance(opt, FullOptimizer) else opt
+        state = sparse.state.get(weight)
+        if state is not None:
+            state["sum"][rows] = 0.0
 
     def load_published(self, users: Mapping[str, np.ndarray], items: Mapping[str, np.ndarray], ts: int) -> None:
         """Overlay rows published after the checkpoint (a restart): each id gets its own row (admitted at

@@ -247,3 +247,23 @@ def test_loss_decreases_when_users_prefer_a_cluster() -> None:
     start, end = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
     assert all(math.isfinite(x) for x in losses)
     assert end < 0.8 * start, (start, end)
+
+
+def test_row_adagrad_matches_torch_adagrad() -> None:
+    """RowAdagrad is an implementation detail: the same rows, the same values as torch.optim.Adagrad."""
+    from online_learning.model import RowAdagrad
+
+    mine, theirs = TwoTower(50, 80, 6, seed=3), TwoTower(50, 80, 6, seed=3)
+    for m in (mine, theirs):
+        m.freeze_dense()
+    opts = (RowAdagrad(mine.embedding_parameters(), lr=0.1),
+            torch.optim.Adagrad(theirs.embedding_parameters(), lr=0.1))
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        b = Batch.from_lists(rng.integers(0, 50, 16), [rng.integers(0, 80, 5) for _ in range(16)],
+                             rng.integers(0, 80, 16), rng.integers(0, 6, 16), rng.integers(0, 40, 16),
+                             np.full(16, -3.0))
+        for model, opt in zip((mine, theirs), opts, strict=True):
+            train_step(model, opt, b)  # type: ignore[arg-type]
+    for a, b_ in zip(mine.embedding_parameters(), theirs.embedding_parameters(), strict=True):
+        torch.testing.assert_close(a, b_, rtol=1e-6, atol=1e-7)
