@@ -113,11 +113,13 @@ def join_samples(events: Iterable[Event], meta: Mapping[str, ItemMeta], cfg: Joi
     return samples
 
 
-def split_days(samples: Iterable[Sample]) -> list[tuple[int, list[Sample]]]:
-    """``(UTC day number, its samples in order)`` per day with samples, by event time, oldest day first."""
+def split_days(samples: Iterable[Sample], end_ms: int | None = None) -> list[tuple[int, list[Sample]]]:
+    """``(UTC day number, its samples in order)`` per day with samples, by event time, oldest day first;
+    samples at or after ``end_ms`` (clicks after the end of a generated span) left out."""
     days: dict[int, list[Sample]] = {}
     for s in samples:
-        days.setdefault(event_time(s) // MS_PER_DAY, []).append(s)
+        if end_ms is None or event_time(s) < end_ms:
+            days.setdefault(event_time(s) // MS_PER_DAY, []).append(s)
     return sorted(days.items())
 
 
@@ -320,11 +322,11 @@ def plot(run: Run, summary: Mapping[str, Any], title: str, path: Path) -> None:
 
 # --- datasets, output, CLI ---------------------------------------------------------------------------
 def bench_dataset(name: str, events: Iterable[Event], meta: Mapping[str, ItemMeta], settings: Settings,
-                  out: Path) -> dict[str, Any]:
+                  out: Path, end_ms: int | None = None) -> dict[str, Any]:
     """Join, split, run the regimes, summarize and plot one dataset."""
     started = time.monotonic()
     samples = join_samples(events, meta, JoinConfig.from_settings(settings), settings.stats.allowed_lateness_ms)
-    days = split_days(samples)
+    days = split_days(samples, end_ms)
     joined_s = time.monotonic() - started
     if len(days) < 2:
         return {"skipped": f"{len(days)} day(s) of samples: need a warm-up day and at least one more"}
@@ -385,7 +387,8 @@ def load(name: str, args: argparse.Namespace) -> tuple[Iterable[Event], Mapping[
                               seed=args.seed, start_ms=SYNTHETIC_START_MS)
         world = World(cfg)
         return (generate_events(cfg, world), {m.item_id: m for m in generate_items(cfg, world)},
-                {k: getattr(cfg, k) for k in ("users", "items", "days", "events", "seed", "start_ms")})
+                {**{k: getattr(cfg, k) for k in ("users", "items", "days", "events", "seed", "start_ms")},
+                 "end_ms": cfg.end_ms})
     if name == "mind":  # sorted by time (stable: a row's impressions stay before its clicks)
         behaviors, news, rejects = args.data / "behaviors.tsv", args.data / "news.tsv", Rejects()
         if not behaviors.is_file() or not news.is_file():
@@ -417,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = {"skipped": loaded}
             continue
         events, meta, info = loaded
-        results[name] = {"data": info, **bench_dataset(name, events, meta, settings, args.out)}
+        results[name] = {"data": info, **bench_dataset(name, events, meta, settings, args.out, info.get("end_ms"))}
     config = {"learning": settings.learning.model_dump(), "join": settings.join.model_dump(),
               "allowed_lateness_ms": settings.stats.allowed_lateness_ms, "k": K,
               "bootstrap": {"n": BOOTSTRAP_N, "seed": BOOTSTRAP_SEED},

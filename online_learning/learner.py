@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -111,12 +112,17 @@ class Learner:
     @torch.no_grad()
     def _user_vectors(self, samples: Sequence[Sample]) -> np.ndarray:
         """User tower outputs for a non-empty batch of samples (rows looked up, nothing admitted)."""
-        users = self.tables.users.rows([s.user_id for s in samples])
-        item_rows = self.tables.items.rows
-        histories = [item_rows(s.history) for s in samples]
-        b = Batch.from_lists(users, histories, [0] * len(samples), [0] * len(samples),
-                             [0] * len(samples), np.zeros(len(samples)))
-        return self.model.user_vectors(b.user_rows, b.hist_rows, b.hist_offsets).numpy()
+        users = torch.as_tensor(self.tables.users.rows([s.user_id for s in samples]), dtype=torch.int64)
+        hist_rows, hist_offsets = self._histories(samples)
+        return self.model.user_vectors(users, hist_rows, hist_offsets).numpy()
+
+    def _histories(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample's history item rows, flattened, and where each sample's bag starts (one lookup)."""
+        lengths = np.fromiter((len(s.history) for s in samples), np.int64, len(samples))
+        rows = self.tables.items.rows(chain.from_iterable(s.history for s in samples))
+        offsets = np.zeros(len(samples), np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        return torch.as_tensor(np.asarray(rows, np.int64)), torch.from_numpy(offsets)
 
     @torch.no_grad()
     def _item_vectors(self, item_ids: Sequence[str], categories: Sequence[str]) -> np.ndarray:
@@ -155,12 +161,14 @@ class Learner:
         for s, cat in zip(positives, cats_of, strict=True):
             self.item_category[s.item_id] = cat
         self._apply_table_changes()
-        item_rows = t.items.rows
-        histories = [item_rows(s.history) for s in positives]
+        hist_rows, hist_offsets = self._histories(positives)
         np.add.at(self.item_clicks, items, 1.0)
         log_q = np.log(self.item_clicks[items] / self.item_clicks.sum())
         keys = [id_hash(s.item_id) for s in positives]
-        loss = train_step(self.model, self.optimizer, Batch.from_lists(users, histories, items, cats, keys, log_q))
+        batch = Batch(torch.as_tensor(users, dtype=torch.int64), hist_rows, hist_offsets,
+                      torch.as_tensor(items, dtype=torch.int64), torch.as_tensor(cats, dtype=torch.int64),
+                      torch.as_tensor(keys, dtype=torch.int64), torch.as_tensor(log_q, dtype=torch.float32))
+        loss = train_step(self.model, self.optimizer, batch)
         self.trained += len(positives)
         self.newest_ts = max(self.newest_ts, ts)
         return loss
