@@ -159,13 +159,13 @@ def nightly(parent: Learner | None, samples: Iterable[Sample], day: int, cfg: Le
 
 
 # --- the prequential run -----------------------------------------------------------------------------
-SERIES = ("hits", "rr", "missing", "scores")
+SERIES = ("hits", "rr", "missing", "catalogue", "scores")
 
 
 @dataclass
 class Run:
     """Per-sample arrays over all evaluated days, the same samples in the same order for every regime
-    (``series[name][regime]``: chunks of recall hits, reciprocal ranks, outside-catalogue flags, scores),
+    (``series[name][regime]``: chunks of :data:`SERIES` as :func:`score_chunk` returns them),
     and the recall hits of a popularity reference (the K most clicked items so far, day 0 included)."""
 
     days: list[int]
@@ -185,11 +185,11 @@ class Run:
 
 def score_chunk(learner: Learner, positives: Sequence[Sample],
                 impressions: Sequence[Sample]) -> tuple[np.ndarray, ...]:
-    """Recall@K hits, reciprocal ranks, outside-the-catalogue flags of the positives; impression scores."""
+    """Per positive: recall@K hit, reciprocal rank, outside the catalogue, catalogue size; impression scores."""
     n = len(learner.catalogue_ids)
     ranks = learner.rank_positives(positives)
     return (recall_at(ranks, K, n_items=n), reciprocal_rank(ranks, n_items=n), (ranks > n).astype(np.float64),
-            learner.score_impressions(impressions).astype(np.float64))
+            np.full(len(positives), float(n)), learner.score_impressions(impressions).astype(np.float64))
 
 
 def _step(run: Run, day: int, chunk: Sequence[Sample], learners: Mapping[str, Learner]) -> None:
@@ -239,10 +239,10 @@ def run_regimes(days: Sequence[tuple[int, Sequence[Sample]]], cfg: LearningSetti
 
 # --- summary -----------------------------------------------------------------------------------------
 def _metrics(run: Run, regime: str, pos: np.ndarray, imp: np.ndarray) -> dict[str, Any]:
-    mean = {s: float(run.array(s, regime)[pos].mean()) if pos.any() else None for s in ("hits", "rr", "missing")}
+    mean = {s: float(run.array(s, regime)[pos].mean()) if pos.any() else None for s in SERIES[:4]}
     a = auc(run.array("scores", regime)[imp], np.asarray(run.labels, np.float64)[imp]) if imp.any() else np.nan
     return {"positives": int(pos.sum()), "impressions": int(imp.sum()), "recall@50": mean["hits"], "mrr": mean["rr"],
-            "auc": None if np.isnan(a) else a, "outside_catalogue": mean["missing"]}
+            "auc": None if np.isnan(a) else a, "outside_catalogue": mean["missing"], "catalogue": mean["catalogue"]}
 
 
 def compare(run: Run, base: str, other: str) -> dict[str, list[float]]:
@@ -346,11 +346,11 @@ def _f(x: float | None, pct: bool = False) -> str:
 def table(results: Mapping[str, Any]) -> list[list[str]]:
     """One row per dataset and regime."""
     rows = [["dataset", "regime", "positives evaluated", f"recall@{K}", "MRR", "AUC", "impressions evaluated",
-             "positives outside the catalogue"]]
+             "positives outside the catalogue", "mean catalogue size"]]
     for name, res in results.items():
         for regime, m in res.get("overall", {}).items():
             rows.append([name, regime, f"{m['positives']:,}", _f(m["recall@50"]), _f(m["mrr"]), _f(m["auc"]),
-                         f"{m['impressions']:,}", f"{m['outside_catalogue']:.1%}"])
+                         f"{m['impressions']:,}", f"{m['outside_catalogue']:.1%}", f"{m['catalogue']:,.0f}"])
     return rows
 
 
@@ -363,7 +363,8 @@ def _sections(results: Mapping[str, Any]) -> str:
             for metric, (d, lo, hi) in metrics.items():
                 pct = metric.endswith("_rel")
                 lines.append(f"| {name} | {comparison} | {metric} | {_f(d, pct)} | [{_f(lo, pct)}, {_f(hi, pct)}] |")
-    lines += ["", "## Goals", "", "| dataset | goal | rule | met | strict |", "|---|---|---|---|---|"]
+    lines += ["", "## Goals", "", "Stated by the issue for the drift stream (synthetic); informational on MIND.", "",
+              "| dataset | goal | rule | met | strict |", "|---|---|---|---|---|"]
     for name, res in results.items():
         for g in res.get("goals", []):
             lines.append(f"| {name} | {g['goal']} | {g['rule']} | {'met' if g['met'] else 'MISSED'} | "
@@ -376,6 +377,8 @@ def _sections(results: Mapping[str, Any]) -> str:
             lines += [f"| {name} | {d['day']} | {regime} | {d['positives']:,} | {_f(d['recall@50'])} | {_f(d['mrr'])} "
                       f"| {_f(d['auc'])} | {d['outside_catalogue']:.1%} | "
                       f"{_f(res['reference']['per_day'][d['day']])} |" for d in days]
+    lines += ["", "## Setup", "", f"Learner: defaults except {LEARNING}; a chunk = batch_size positives; the "
+              "catalogue is refreshed after every chunk; join and lateness: default settings."]
     skipped = [f"- {name}: {res['skipped']}" for name, res in results.items() if "skipped" in res]
     return "\n".join(lines + (["", "## Skipped", "", *skipped] if skipped else [])) + "\n"
 

@@ -67,7 +67,7 @@ def test_per_regime_arrays_are_aligned(days: list[tuple[int, list[Sample]]], tra
     assert len(run.pos_ts) == len(run.pos_day) == len(run.popular) == positives > 0
     assert len(run.labels) == len(run.imp_day) == impressions > 0
     for regime in lq.REGIMES:
-        for series in ("hits", "rr", "missing"):
+        for series in lq.SERIES[:-1]:
             assert run.array(series, regime).shape == (positives,)
         assert run.array("scores", regime).shape == (impressions,)
     assert run.days == [d for d, _ in days[1:]]
