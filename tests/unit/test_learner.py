@@ -27,9 +27,9 @@ def test_an_admitted_row_starts_as_the_shared_row_with_a_fresh_accumulator() -> 
     acc[40] = 3.0  # as a row an evicted id left behind
     with torch.no_grad():
         w[40] = 1.0
-    learner.tables.users._free.append(40)  # noqa: SLF001 - the last row (unused here) is handed out next
+    learner.tables.users._free.append(40)  # the last row (unused here) is handed out next
     learner.tables.users.observe(["newcomer", "newcomer"], ts=10**13)
-    learner._apply_table_changes()  # noqa: SLF001
+    learner._apply_table_changes()
     row = learner.tables.users.rows(["newcomer"])[0]
     assert row == 40
     assert torch.equal(w[40], w[0]) and not torch.any(acc[40])
