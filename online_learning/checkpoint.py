@@ -1,8 +1,11 @@
 """Full checkpoints on disk: one file per model version, ``<home>/models/<version>.pt``.
 
 A checkpoint holds everything a :class:`~online_learning.learner.Learner` needs to continue: the
-model's parameters (towers and tables), the id tables, the streaming click counts (logQ) and the items'
-categories. A full update writes one for the version it creates; the incremental trainer starts from
+model's parameters (towers and tables), the tables' Adagrad accumulators (so a restarted chain does not
+take full-size first steps again), the id tables, the streaming click counts (logQ) and the items'
+categories. The towers' Adam state is not kept: each full update starts it afresh.
+
+A full update writes one for the version it creates; the incremental trainer starts from
 the current version's checkpoint and overlays the rows published since (they are in Redis). Files are
 written to a temporary name and renamed, so a crash never leaves half a checkpoint.
 """
@@ -37,7 +40,8 @@ def save_checkpoint(path: Path, learner: Learner, meta: dict[str, Any]) -> None:
     blob = {"format": FORMAT, "meta": meta, "dims": [m.dim, m.category_dim, m.hidden, m.temperature],
             "model": m.state_dict(), "tables": learner.tables.snapshot(),
             "item_clicks": learner.item_clicks, "item_category": learner.item_category,
-            "trained": learner.trained, "newest_ts": learner.newest_ts}
+            "trained": learner.trained, "newest_ts": learner.newest_ts,
+            "accumulators": learner.sparse_optimizer().state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(blob, tmp)
@@ -66,4 +70,5 @@ def load_checkpoint(path: Path, cfg: LearningSettings, *, full: bool = False) ->
     learner.item_category = dict(blob["item_category"])
     learner.trained = int(blob["trained"])
     learner.newest_ts = int(blob["newest_ts"])
+    learner.sparse_optimizer().load_state_dict(blob["accumulators"])
     return learner, dict(blob["meta"])

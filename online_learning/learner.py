@@ -7,7 +7,8 @@ embeddings with sparse Adagrad; full mode (the nightly update) trains the whole 
 
 - Rows: users, items and categories get their own rows through :class:`~online_learning.vocab.IdTable`
   (admission after ``learning.min_count`` occurrences, idle eviction by event time, a row cap). A newly
-  admitted row starts as a copy of the shared row it used until then, with a fresh Adagrad accumulator.
+  admitted row starts from a small random vector seeded by its id (:func:`initial_rows`), with a fresh
+  Adagrad accumulator.
 - logQ: ``log_q[j]`` is the log share of item ``j``'s row among all trained positives so far (streaming
   click counts, this batch included) — popular items are sampled as in-batch negatives more often and
   their logits are corrected by it.
@@ -48,6 +49,7 @@ __all__ = ["Learner", "Tables"]
 
 
 NO_CATEGORY = ""
+INIT_STD = 0.05  # as the model's initial tables
 
 
 @dataclass
@@ -72,6 +74,24 @@ class Tables:
     def restore(cls, snap: dict[str, Any]) -> Tables:
         return cls(IdTable.restore(snap["users"]), IdTable.restore(snap["items"]),
                    IdTable.restore(snap["categories"]))
+
+
+def initial_rows(ids: Sequence[str], width: int, seed: int) -> np.ndarray:
+    """The first embedding of each newly admitted id: normal(0, INIT_STD), from a generator seeded by the
+    id's hash and ``seed`` — so a replay admits the same rows with the same values.
+
+    Not a copy of the shared row 0: row 0 trains on every click of every id without its own row, so it
+    drifts towards "popular with everyone", and copies of it would enter the catalogue near the top of
+    every user's ranking.
+
+    >>> a, b = initial_rows(["i1", "i2"], 4, seed=7), initial_rows(["i2"], 4, seed=7)
+    >>> a.shape, bool((a[1] == b[0]).all()), bool((a[0] == a[1]).all())
+    ((2, 4), True, False)
+    """
+    out = np.empty((len(ids), width), np.float32)
+    for k, key in enumerate(ids):
+        out[k] = np.random.default_rng([seed, id_hash(key) & 0xFFFF_FFFF_FFFF_FFFF]).normal(0.0, INIT_STD, width)
+    return out
 
 
 class Learner:
@@ -180,7 +200,7 @@ class Learner:
         self._apply_table_changes()
 
     def _apply_table_changes(self) -> None:
-        """Admitted rows start as a copy of the shared row 0; evicted item rows lose their click count."""
+        """Admitted rows start from :func:`initial_rows`; evicted item rows lose their click count."""
         m = self.model
         for name, table, weight, clicks in (("users", self.tables.users, m.user_emb.weight, None),
                                             ("items", self.tables.items, m.item_emb.weight, self.item_clicks),
@@ -198,13 +218,17 @@ class Learner:
                     shard_of_row[row] = shard_of(key, self.shards)
             if admitted:
                 with torch.no_grad():
-                    weight[admitted] = weight[0].clone()
+                    weight[admitted] = torch.from_numpy(initial_rows([k for k, _ in taken], weight.shape[1],
+                                                                     self.cfg.seed))
                 self._reset_accumulators(weight, admitted)
 
-    def _reset_accumulators(self, weight: torch.Tensor, rows: list[int]) -> None:
+    def sparse_optimizer(self) -> RowAdagrad:
+        """The tables' optimizer (in full mode, the sparse half of the full optimizer)."""
         opt = self.optimizer
-        sparse = opt.sparse if isinstance(opt, FullOptimizer) else opt
-        state = sparse.state.get(weight)
+        return opt.sparse if isinstance(opt, FullOptimizer) else opt
+
+    def _reset_accumulators(self, weight: torch.Tensor, rows: list[int]) -> None:
+        state = self.sparse_optimizer().state.get(weight)
         if state is not None:
             state["sum"][rows] = 0.0
 

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from infra.settings import LearningSettings  # noqa: E402
-from online_learning.learner import Learner  # noqa: E402
+from online_learning.learner import Learner, initial_rows  # noqa: E402
 from tests.learning_data import stream  # noqa: E402
 
 CFG = LearningSettings(max_users=40, max_items=120, max_categories=10, batch_size=32, min_count=2,
@@ -19,7 +19,7 @@ def _learner() -> Learner:
     return Learner.fresh(CFG)
 
 
-def test_an_admitted_row_starts_as_the_shared_row_with_a_fresh_accumulator() -> None:
+def test_an_admitted_row_starts_from_its_seeded_initial_vector_with_a_fresh_accumulator() -> None:
     learner = _learner()
     learner.train(stream(64, users=10, items=40, seed=1)[:32])
     w = learner.model.user_emb.weight
@@ -32,7 +32,8 @@ def test_an_admitted_row_starts_as_the_shared_row_with_a_fresh_accumulator() -> 
     learner._apply_table_changes()
     row = learner.tables.users.rows(["newcomer"])[0]
     assert row == 40
-    assert torch.equal(w[40], w[0]) and not torch.any(acc[40])
+    assert torch.equal(w[40], torch.from_numpy(initial_rows(["newcomer"], CFG.dim, CFG.seed)[0]))
+    assert not torch.any(acc[40]) and not torch.equal(w[40], w[0])
 
 
 def test_touched_rows_are_exactly_the_rows_trained_since_the_last_call() -> None:
