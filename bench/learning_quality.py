@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--days", type=float, default=5.0)
-    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     parser.add_argument("--datasets", default="synthetic,mind")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))

@@ -203,6 +203,7 @@ class LearningSettings(_Section):
     hidden: int = Field(64, ge=1, le=4096, description="hidden width of each tower's MLP")
     temperature: float = Field(0.05, gt=0, le=10, description="score = cosine / temperature")
     lr: float = Field(0.05, gt=0, description="Adagrad learning rate of the embedding tables")
+    dense_lr: float = Field(0.01, gt=0, description="Adam learning rate of the towers in a full update")
     batch_size: int = Field(1024, ge=1, le=1_000_000, description="positive samples per training step")
     min_count: int = Field(2, ge=1, description="occurrences before an ID gets its own row (else the shared row)")
     max_users: int = Field(1_000_000, ge=1, description="row cap of the user table")

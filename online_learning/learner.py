@@ -102,7 +102,7 @@ class Learner:
         self.model, self.tables, self.cfg, self.full, self.shards = model, tables, cfg, full, shards
         if full:
             model.unfreeze_dense()
-            self.optimizer: RowAdagrad | FullOptimizer = full_optimizer(model, cfg.lr)
+            self.optimizer: RowAdagrad | FullOptimizer = full_optimizer(model, cfg.lr, cfg.dense_lr)
         else:
             model.freeze_dense()
             self.optimizer = incremental_optimizer(model, cfg.lr)

@@ -63,6 +63,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest_bench",
     "join": "bench.join_bench",
     "learning": "bench.learning_bench",
+    "learning-quality": "bench.learning_quality",
     "bloom": "bench.bloom_bench",
     "reads": "bench.reads_bench",
     "stats": "bench.stats_bench",
