@@ -25,6 +25,7 @@ from infra.redis_client import check_layout, unreachable
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
 from serving.model import ModelReader, UserVector
+from serving.recommend import Recommendation, Recommender
 from serving.sequences import Entry, SequenceReader
 from serving.stats import EntityId, StatsMatrix, StatsReader
 
@@ -55,6 +56,7 @@ class FeatureClient:
         self._sequences = SequenceReader(self.redis, self.settings)
         self._stats = StatsReader(self.redis, self.settings, clock)
         self._model = ModelReader(self.redis, self.settings, self._sequences)
+        self._recommender = Recommender(self._model, self._exposure)
 
     # --- exposure filter (retrieval) ---------------------------------------------------------------
     def filter_unseen(self, user_id: str, candidate_ids: Iterable[str], at: int | None = None) -> list[str]:
@@ -109,6 +111,17 @@ class FeatureClient:
         """cosine / temperature of the user's vector and each item's published vector."""
         return _timed("score", lambda: self._model.score(user_id, item_ids))
 
+    def recommend(self, user_id: str, k: int = 100, candidates: Sequence[str] | None = None) -> Recommendation:
+        """``k`` items ``user_id`` has not been shown, best first by the current model's score: top-k over
+        every published item vector (an HNSW index above ``serving.ann.EXACT_BELOW`` items), or over
+        ``candidates``. Call :meth:`start_index_refresh` in a long-running server."""
+        return _timed("recommend", lambda: self._recommender.recommend(user_id, k, candidates))
+
+    def start_index_refresh(self) -> None:
+        """Rebuild the recommendation index in a background thread when the model version changes."""
+        self._recommender.start()
+
     def close(self) -> None:
-        """Release the connection pool."""
+        """Stop the index refresh thread and release the connection pool."""
+        self._recommender.stop()
         self.redis.close()

@@ -101,6 +101,10 @@ class ModelReader:
         msg = "the model version kept changing while reading"
         raise ModelError(msg)
 
+    def temperature(self, version: str) -> float:
+        """The score temperature of ``version`` (score = cosine / temperature)."""
+        return self._version(version).weights.temperature
+
     def user_embedding(self, user_id: str) -> np.ndarray:
         """The user's ID embedding under the current version (the shared row if it has none)."""
         version, raw, _ = self._first_round(user_id, with_history=False)

@@ -1,0 +1,107 @@
+"""``recommend(user_id, k)``: user vector → top-k item vectors of the same model version → exposure filter.
+
+The index (:class:`~serving.ann.ItemIndex`) holds one version's published item vectors. It is rebuilt
+off the request path by :meth:`Recommender.refresh` — call it from a timer or let :meth:`start` run it
+in a daemon thread every ``refresh_s`` — when ``rs2:model:current`` names another version, or when the
+index is older than ``refresh_s`` (incremental publishes keep moving the touched items' vectors). A
+request whose user vector comes from a version no index holds yet builds that index itself, once.
+
+Exposure: the search over-fetches ``overfetch × k`` items, drops those the user has surely been shown
+(``filter_unseen``), and doubles the fetch until ``k`` unseen items remain or the catalogue is exhausted,
+so the filter can never empty the list.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.ann import EXACT_BELOW, ItemIndex
+from serving.exposure import ExposureReader
+from serving.model import ModelReader
+
+__all__ = ["Recommendation", "Recommender"]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """``items`` best first with their scores (cosine / temperature), and what they came from."""
+
+    items: list[tuple[str, float]]
+    version: str
+    exact: bool  # brute force (small catalogue or explicit candidates) rather than the ANN index
+    fetched: int  # items searched before the exposure filter
+
+
+class Recommender:
+    """Top-k recommendation over the published item vectors (thread-safe)."""
+
+    def __init__(self, model: ModelReader, exposure: ExposureReader, refresh_s: float = 60.0,
+                 exact_below: int = EXACT_BELOW, overfetch: int = 4) -> None:
+        self.model, self.exposure = model, exposure
+        self.refresh_s, self.exact_below, self.overfetch = refresh_s, exact_below, overfetch
+        self._index: ItemIndex | None = None
+        self._built_at = 0.0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _build(self, version: str) -> ItemIndex:
+        rows = self.model.store.all_rows("vector", version)
+        ids = sorted(rows)
+        vectors = np.stack([rows[i] for i in ids]) if ids else np.zeros((0, 1), np.float32)
+        index = ItemIndex(ids, vectors, version, self.exact_below)
+        with self._lock:
+            self._index, self._built_at = index, time.monotonic()
+        return index
+
+    def refresh(self) -> None:
+        """Rebuild the index if the current version changed or the index is older than ``refresh_s``."""
+        version = self.model.version()
+        index = self._index
+        stale = index is None or index.version != version or time.monotonic() - self._built_at >= self.refresh_s
+        if version is not None and stale:
+            self._build(version)
+
+    def start(self) -> None:
+        """Refresh in a daemon thread every ``refresh_s / 4`` seconds until :meth:`stop`."""
+        def loop() -> None:
+            while not self._stop.wait(self.refresh_s / 4):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="recstream-ann-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the refresh thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def index_for(self, version: str) -> ItemIndex:
+        """The index of ``version`` (built now if the one held is of another version)."""
+        index = self._index
+        return index if index is not None and index.version == version else self._build(version)
+
+    def recommend(self, user_id: str, k: int, candidates: Sequence[str] | None = None) -> Recommendation:
+        """``k`` items the user has not been shown, best first."""
+        uv = self.model.user_vector(user_id)
+        if candidates is not None:
+            scored = sorted(zip(candidates, self.model.score(user_id, candidates), strict=True),
+                            key=lambda x: -x[1])
+            unseen = set(self.exposure.filter_unseen(user_id, [c for c, _ in scored]))
+            return Recommendation([(c, s) for c, s in scored if c in unseen][:k], uv.version, True, len(scored))
+        index = self.index_for(uv.version)
+        temperature = self.model.temperature(uv.version)
+        fetch = max(k, 1) * self.overfetch
+        while True:
+            found = index.search(uv.vector, fetch)
+            unseen = set(self.exposure.filter_unseen(user_id, [i for i, _ in found]))
+            kept = [(i, s / temperature) for i, s in found if i in unseen]
+            if len(kept) >= k or fetch >= len(index):
+                return Recommendation(kept[:k], uv.version, index.exact, len(found))
+            fetch *= 2
