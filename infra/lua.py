@@ -42,6 +42,10 @@ class Script:
         self.source = _source(names)
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
+    def load(self, client: redis.Redis) -> None:
+        """``SCRIPT LOAD`` it (after a NOSCRIPT reply to an ``EVALSHA`` queued by a caller)."""
+        client.script_load(self.source)
+
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one call (one round trip; two when the script must be loaded first)."""
         return self.run(client, [(keys, args)])[0]
@@ -73,6 +77,6 @@ class Script:
                 return results
             todo = missing
             if attempt == 0:
-                client.script_load(self.source)
+                self.load(client)
         msg = f"Redis script {self.names[-1]} still missing after SCRIPT LOAD"
         raise StateError(msg)

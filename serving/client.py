@@ -26,6 +26,7 @@ from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
 from serving.model import ModelReader, UserVector
 from serving.recommend import Recommendation, Recommender
+from serving.request import FeatureRequest, Features, FeatureSpec, Op, failed_ops
 from serving.sequences import Entry, SequenceReader
 from serving.stats import EntityId, StatsMatrix, StatsReader
 
@@ -55,6 +56,7 @@ class FeatureClient:
         self._exposure = ExposureReader(self.redis, self.settings, clock)
         self._sequences = SequenceReader(self.redis, self.settings)
         self._stats = StatsReader(self.redis, self.settings, clock)
+        self._clock = clock
         self._model = ModelReader(self.redis, self.settings, self._sequences)
         self._recommender = Recommender(self._model, self._exposure)
 
@@ -110,6 +112,41 @@ class FeatureClient:
     def score(self, user_id: str, item_ids: Sequence[str]) -> list[float]:
         """cosine / temperature of the user's vector and each item's published vector."""
         return _timed("score", lambda: self._model.score(user_id, item_ids))
+
+    # --- everything for one ranking request -----------------------------------------------------------
+    def request_features(self, user_id: str, candidate_ids: Sequence[str], spec: FeatureSpec | None = None,
+                         at: int | None = None) -> Features:
+        """Unseen mask, last-N, user and candidate statistics, user vector, candidate scores (and item
+        metadata) for one user and its candidates, in two pipelined round trips (serving/request.py)."""
+        return _timed("request_features", lambda: self._request(user_id, candidate_ids, spec, at))
+
+    def plan(self, user_id: str, candidate_ids: Sequence[str], spec: FeatureSpec | None = None,
+             at: int | None = None) -> FeatureRequest:
+        """The sans-IO plan of one :meth:`request_features` (the async client executes the same)."""
+        s = self.settings
+        return FeatureRequest(self._exposure, self._sequences, self._stats, self._model, s.kafka.partitions,
+                              s.worker.app_id, s.kafka.events_topic, user_id, candidate_ids,
+                              spec or FeatureSpec(), self._clock() if at is None else at)
+
+    def _request(self, user_id: str, candidate_ids: Sequence[str], spec: FeatureSpec | None,
+                 at: int | None) -> Features:
+        req = self.plan(user_id, candidate_ids, spec, at)
+        req.after_first(self._execute(req.first()))
+        ops = req.second()
+        if ops:
+            req.after_second(self._execute(ops))
+        return req.result(2 if ops else 1)
+
+    def _execute(self, ops: Sequence[Op]) -> list[Any]:
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for op in ops:
+                getattr(pipe, op.method)(*op.args, **op.kwargs)
+            replies = pipe.execute(raise_on_error=False)
+            if not failed_ops(replies) or attempt:
+                return replies
+            self._exposure.script.load(self.redis)
+        return replies
 
     def recommend(self, user_id: str, k: int = 100, candidates: Sequence[str] | None = None) -> Recommendation:
         """``k`` items ``user_id`` has not been shown, best first by the current model's score: top-k over

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import redis
@@ -141,8 +142,9 @@ class ExposureReader:
         url = redis_url or settings.redis.effective_url
         return cls(redis.Redis.from_url(url), settings)
 
-    def live_bitmaps(self, user_id: str, at: int | None = None) -> list[bytes]:
-        """The raw read-script reply for ``user_id`` at ``at``: ``[params, bitmap, ...]`` (one round trip)."""
+    def read_call(self, user_id: str, at: int | None = None) -> tuple[Any, ...]:
+        """The ``EVALSHA`` arguments of the read script for ``user_id`` at ``at`` (for a caller's pipeline;
+        decode the reply with :func:`seen_in_hashes`)."""
         check_user(user_id)
         if at is None:
             at = self.clock()
@@ -151,7 +153,12 @@ class ExposureReader:
             raise InputError(msg)
         v = self.bloom.hash_version
         args = (self.keys.slice_key_prefix(user_id, v), at, self.plan.retention_ms, self.plan.slice_ms)
-        reply: list[bytes] = self.script(self.redis, [self.keys.bloom_index(user_id, v)], args)
+        return (self.script.sha, 1, self.keys.bloom_index(user_id, v), *args)
+
+    def live_bitmaps(self, user_id: str, at: int | None = None) -> list[bytes]:
+        """The raw read-script reply for ``user_id`` at ``at``: ``[params, bitmap, ...]`` (one round trip)."""
+        _sha, _n, key, *args = self.read_call(user_id, at)
+        reply: list[bytes] = self.script(self.redis, [key], args)
         return reply
 
     def seen(self, user_id: str, ids: Iterable[str], at: int | None = None) -> list[bool]:

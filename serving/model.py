@@ -20,19 +20,19 @@ from typing import Any, Literal
 import numpy as np
 import redis
 
-from filters.manifest import Manifest
+from filters.manifest import Manifest, decode_manifest
 from filters.model_store import ModelStore, unpack_vector
-from filters.towers import TowerWeights, history_mean, scores, user_vectors
+from filters.towers import TowerWeights, decode_weights, history_mean, scores, user_vectors
 from infra.errors import ModelError
-from infra.keys import MODEL_CURRENT
+from infra.keys import MODEL_CURRENT, model_key
 from infra.settings import Settings
 from serving.sequences import SequenceReader, entries_of
 
-__all__ = ["ModelReader", "UserVector"]
+__all__ = ["ModelReader", "UserVector", "VersionParts"]
 
 
 @dataclass(frozen=True)
-class _Version:
+class VersionParts:
     manifest: Manifest
     weights: TowerWeights
     defaults: dict[str, np.ndarray]
@@ -56,16 +56,42 @@ class ModelReader:
         self.store = ModelStore(client, settings.redis.shards)
         self.history = settings.join.history
         self._sequences = sequences
-        self._versions: dict[str, _Version] = {}
+        self._versions: dict[str, VersionParts] = {}
         self._last: str | None = None
 
-    def _version(self, version: str) -> _Version:
+    def _version(self, version: str) -> VersionParts:
         cached = self._versions.get(version)
         if cached is None:
-            cached = _Version(self.store.manifest(version), self.store.weights(version), self.store.defaults(version))
-            if len(self._versions) >= 8:
-                self._versions.pop(next(iter(self._versions)))
-            self._versions[version] = cached
+            pipe = self.store.redis.pipeline(transaction=False)
+            for method, args in self.load_ops(version):
+                getattr(pipe, method)(*args)
+            cached = self.remember(version, *pipe.execute())
+        self._last = version
+        return cached
+
+    def cached(self, version: str) -> VersionParts | None:
+        """The immutable parts of ``version`` if already loaded (no IO)."""
+        return self._versions.get(version)
+
+    def last_version(self) -> str | None:
+        """The version the last read used (the guess for the next one; no IO)."""
+        return self._last
+
+    def load_ops(self, version: str) -> list[tuple[str, tuple[Any, ...]]]:
+        """``(method, args)`` of the reads :meth:`remember` needs (for a caller's pipeline)."""
+        return [("get", (model_key(version, "manifest"),)), ("get", (model_key(version, "weights"),)),
+                ("hgetall", (model_key(version, "defaults"),))]
+
+    def remember(self, version: str, manifest: Any, weights: Any, defaults: Any) -> VersionParts:
+        """Cache the immutable parts of ``version`` from the replies of :meth:`load_ops`."""
+        if not isinstance(manifest, bytes) or not isinstance(weights, bytes):
+            msg = f"model version {version} is incomplete or gone (kept: {', '.join(self.store.versions())})"
+            raise ModelError(msg)
+        cached = VersionParts(decode_manifest(manifest), decode_weights(weights),
+                          {k.decode(): unpack_vector(v) for k, v in defaults.items()})
+        if len(self._versions) >= 8:
+            self._versions.pop(next(iter(self._versions)))
+        self._versions[version] = cached
         self._last = version
         return cached
 

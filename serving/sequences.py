@@ -85,25 +85,32 @@ class SequenceReader:
         ``category`` keeps only entries of that category (the first ``n`` of them); ``before`` keeps
         only ``ts < before`` (epoch ms). An action without a configured sequence reads as empty.
         """
-        key = self._key(user_id, action)
-        if key is None or n <= 0:
+        call = self.last_n_call(user_id, action, n, before)
+        if call is None:
             return []
         if category is None:
-            rows = self.client.zrange(
-                key, _max_score(before), "-inf", desc=True, byscore=True, offset=0, num=n, withscores=True
-            )
-            return entries_of(rows)
+            return entries_of(self.client.zrange(*call[0], **call[1]))
+        key = call[0][0]
         flat = self._scan(keys=[key], args=[n, _max_score(before), max(64, 2 * n), category])
         return [decode_member(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
-    def queue_last_n(self, pipe: Any, user_id: str, action: str, n: int, before: int | None = None) -> bool:
-        """Queue the read of :meth:`last_n` (no category) on ``pipe``; False when nothing was queued (no
-        sequence for ``action``, ``n <= 0``: read it as empty). Decode the reply with :func:`entries_of`."""
+    def last_n_call(self, user_id: str, action: str, n: int,
+                    before: int | None = None) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """``(args, kwargs)`` of the ``ZRANGE`` of :meth:`last_n` (no category) for a caller's pipeline;
+        None when there is nothing to read (no sequence for ``action``, ``n <= 0``: it reads as empty).
+        Decode the reply with :func:`entries_of`."""
         key = self._key(user_id, action)
         if key is None or n <= 0:
-            return False
-        pipe.zrange(key, _max_score(before), "-inf", desc=True, byscore=True, offset=0, num=n, withscores=True)
-        return True
+            return None
+        return (key, _max_score(before), "-inf"), {"desc": True, "byscore": True, "offset": 0, "num": n,
+                                                    "withscores": True}
+
+    def queue_last_n(self, pipe: Any, user_id: str, action: str, n: int, before: int | None = None) -> bool:
+        """Queue the read of :meth:`last_n` (no category) on ``pipe``; False when nothing was queued."""
+        call = self.last_n_call(user_id, action, n, before)
+        if call is not None:
+            pipe.zrange(*call[0], **call[1])
+        return call is not None
 
     def last_n_multi(
         self, user_id: str, requests: Mapping[str, int], before: int | None = None

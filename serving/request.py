@@ -1,0 +1,220 @@
+"""``request_features``: everything a ranker needs for one user and its candidates, in two round trips.
+
+Sans-IO: :class:`FeatureRequest` lists the Redis commands of each round (:class:`Op`) and decodes their
+replies; the sync and the async client only execute the ops (a redis-py pipeline, sync or asyncio), so
+both share every line of decoding and computing.
+
+- **Round 1** (everything independent): the model pointer, the user's embedding row under the version
+  cached last, the exposure read script, the last-N sequences (the click one also feeds the user
+  vector's history), the user's and the candidates' statistics (``MGET``), the candidates' item vectors,
+  the candidates' metadata (if asked), and the features' watermarks (freshness).
+- **Round 2** (depends on round 1): the history items' embeddings, for the user vector. If the pointer
+  moved since the version guessed in round 1, round 2 also re-reads the user's row and the candidates'
+  vectors under the new version, so no answer mixes versions.
+
+Freshness: ``features_ms`` is the oldest partition watermark's newest event ts (every feature family
+is at least this fresh), ``embeddings_ms`` the model manifest's last publish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from redis.exceptions import NoScriptError
+
+from filters.bloom import item_hashes
+from filters.events import check_user
+from filters.manifest import decode_manifest
+from filters.model_store import unpack_vector
+from filters.towers import history_mean, user_vectors
+from infra.errors import ModelError
+from infra.keys import MODEL_CURRENT, model_key, watermark
+from serving.exposure import ExposureReader, seen_in_hashes
+from serving.model import ModelReader
+from serving.sequences import Entry, SequenceReader, entries_of
+from serving.stats import StatsMatrix, StatsReader
+
+__all__ = ["FeatureRequest", "FeatureSpec", "Features", "Op", "failed_ops"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which families to read: last-N per action (``{action: n}``), statistics windows (None = all)."""
+
+    unseen: bool = True
+    last_n: Mapping[str, int] = field(default_factory=lambda: {"click": 50, "like": 50, "collect": 50})
+    windows: tuple[str, ...] | None = None
+    user_stats: bool = True
+    candidate_stats: bool = True
+    user_vector: bool = True
+    scores: bool = True
+    metadata: bool = False
+
+
+@dataclass(frozen=True)
+class Features:
+    """The answer of one ``request_features``; families not asked for are None (or empty)."""
+
+    user_id: str
+    candidate_ids: list[str]
+    unseen: np.ndarray | None  # bool per candidate: True = surely not shown yet
+    last_n: dict[str, list[Entry]]
+    user_stats: StatsMatrix | None  # one row
+    candidate_stats: StatsMatrix | None  # one row per candidate
+    user_vector: np.ndarray | None
+    scores: np.ndarray | None  # cosine / temperature per candidate (0.0 for an item without a vector)
+    metadata: list[dict[str, str]] | None
+    model_version: str | None
+    freshness: dict[str, int]  # "features_ms", "embeddings_ms"
+    round_trips: int
+
+
+@dataclass(frozen=True)
+class Op:
+    """One pipeline call: ``getattr(pipe, method)(*args, **kwargs)``."""
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+class FeatureRequest:
+    """One request's plan: :meth:`first` ops → :meth:`after_first` → :meth:`second` ops → :meth:`result`."""
+
+    def __init__(self, exposure: ExposureReader, sequences: SequenceReader, stats: StatsReader,
+                 model: ModelReader, partitions: int, group: str, topic: str, user_id: str,
+                 candidate_ids: Sequence[str], spec: FeatureSpec, at: int) -> None:
+        check_user(user_id)
+        self.exposure, self.sequences, self.stats, self.model = exposure, sequences, stats, model
+        self.user_id, self.candidates, self.spec, self.at = user_id, list(candidate_ids), spec, at
+        self._hashes = item_hashes(self.candidates, exposure.bloom.hash_version, "candidate ids") \
+            if spec.unseen and self.candidates else None
+        self._wm = [watermark(group, topic, p) for p in range(partitions)]
+        self._slots: dict[str, slice] = {}
+        self._ops: list[Op] = []
+        self._replies: dict[str, list[Any]] = {}
+        self._need_model = spec.user_vector or spec.scores  # scores need the user vector too
+        self.version: str | None = model.last_version() if self._need_model else None
+
+    def _add(self, name: str, ops: list[Op]) -> None:
+        self._slots[name] = slice(len(self._ops), len(self._ops) + len(ops))
+        self._ops += ops
+
+    def first(self) -> list[Op]:
+        """Round 1's ops."""
+        self._ops, self._slots = [], {}
+        s, u = self.spec, self.user_id
+        self._add("pointer", [Op("get", (MODEL_CURRENT,))])
+        self._add("watermarks", [Op("hget", (k, "max_ts")) for k in self._wm])
+        if self._hashes is not None:
+            self._add("exposure", [Op("evalsha", self.exposure.read_call(u, self.at))])
+        actions = dict(s.last_n)
+        if self._need_model:
+            actions["click"] = max(actions.get("click", 0), self.model.history)
+        calls = {a: self.sequences.last_n_call(u, a, n) for a, n in actions.items()}
+        self._last_n_actions = [a for a, c in calls.items() if c is not None]
+        self._all_actions = list(actions)
+        self._add("last_n", [Op("zrange", *c) for c in calls.values() if c is not None])
+        if s.user_stats:
+            self._add("user_stats", [Op("mget", ([self.stats.keys.stats("user", u)],))])
+        if s.candidate_stats and self.candidates:
+            self._add("candidate_stats", [Op("mget", ([self.stats.keys.stats("item", c) for c in self.candidates],))])
+        if s.metadata:
+            self._add("metadata", [Op("hgetall", (self.stats.keys.item_meta(c),)) for c in self.candidates])
+        self._add_model_reads("model1")
+        return self._ops
+
+    def _add_model_reads(self, name: str) -> None:
+        if self.version is None:
+            return
+        store, v, user = self.model.store, self.version, self.user_id
+        ops = [Op("get", (model_key(v, "manifest"),))]
+        ops.append(Op("hget", (store.embedding_key("user", user, v), user)))
+        if self.spec.scores:
+            ops += [Op("hget", (store.vector_key(c, v), c)) for c in self.candidates]
+        self._add(name, ops)
+
+    def after_first(self, replies: Sequence[Any]) -> None:
+        """Keep round 1's replies."""
+        self._replies.update({name: list(replies[sl]) for name, sl in self._slots.items()})
+
+    def second(self) -> list[Op]:
+        """Round 2's ops (empty when nothing depends on round 1)."""
+        self._ops, self._slots = [], {}
+        raw = self._replies["pointer"][0]
+        current = raw.decode() if isinstance(raw, bytes) else None
+        if self._need_model and current != self.version:
+            self.version = current  # the pointer moved (or nothing was cached): read the model part again
+            self._add_model_reads("model2")
+        if current is not None and self.model.cached(current) is None and self._need_model:
+            self._add("load", [Op(m, a) for m, a in self.model.load_ops(current)])
+        if self._need_model and current is not None:
+            history = [e.item_id for e in self._last_n()["click"][: self.model.history]]
+            self._add("history", [Op("hget", (self.model.store.embedding_key("item", i, current), i))
+                                  for i in history])
+        return self._ops
+
+    def after_second(self, replies: Sequence[Any]) -> None:
+        """Keep round 2's replies (and cache a version loaded by them)."""
+        self.after_first(replies)
+        if "load" in self._replies and self.version is not None:
+            self.model.remember(self.version, *self._replies.pop("load"))
+
+    def _last_n(self) -> dict[str, list[Entry]]:
+        rows = self._replies.get("last_n", [])
+        out: dict[str, list[Entry]] = {a: [] for a in self._all_actions}
+        out.update({a: entries_of(r) for a, r in zip(self._last_n_actions, rows, strict=True)})
+        return out
+
+    def result(self, round_trips: int) -> Features:
+        """Decode everything into one :class:`Features`."""
+        s, r = self.spec, self._replies
+        last_n = self._last_n()
+        asked = {a: last_n[a][:n] for a, n in s.last_n.items()}
+        unseen = ~seen_in_hashes(r["exposure"][0], self._hashes) if self._hashes is not None else None
+        user_stats = self.stats.compute(r["user_stats"][0], [self.user_id], s.windows, None, self.at) \
+            if s.user_stats else None
+        cand = self.stats.compute(r["candidate_stats"][0], self.candidates, s.windows, None, self.at) \
+            if "candidate_stats" in r else None
+        meta = [{k.decode(): v.decode() for k, v in h.items()} for h in r["metadata"]] if s.metadata else None
+        vec, scores, published = self._model_part(last_n)
+        marks = [int(x) for x in r["watermarks"] if x is not None]
+        return Features(self.user_id, self.candidates, unseen, asked, user_stats, cand, vec, scores, meta,
+                        self.version, {"features_ms": min(marks) if marks else -1, "embeddings_ms": published},
+                        round_trips)
+
+    def _model_part(self, last_n: Mapping[str, list[Entry]]) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+        if self.version is None or not self._need_model:
+            return None, None, -1
+        v = self.model.cached(self.version)
+        if v is None:
+            msg = f"model version {self.version} was not loaded"
+            raise ModelError(msg)
+        manifest_raw, *model = self._replies.get("model2", self._replies.get("model1", []))
+        user_raw, item_raws = model[0], model[1:]
+        published = decode_manifest(manifest_raw).last_publish_ms if isinstance(manifest_raw, bytes) else -1
+        user = unpack_vector(user_raw) if user_raw is not None else v.defaults["user"]
+        rows = [unpack_vector(x) if x is not None else v.defaults["item"] for x in self._replies.get("history", [])]
+        mean = history_mean(np.stack(rows) if rows else np.zeros((0, v.manifest.dim), np.float32), v.manifest.dim)
+        vec = user_vectors(v.weights, user[None, :], mean)[0]
+        scores = None
+        if self.spec.scores:
+            dim = vec.shape[0]
+            items = np.stack([unpack_vector(x) if x is not None else np.zeros(dim, np.float32) for x in item_raws]) \
+                if item_raws else np.zeros((0, dim), np.float32)
+            scores = (items @ vec) / np.float32(v.weights.temperature)
+        return (vec if self.spec.user_vector else None), scores, published
+
+
+def failed_ops(replies: Sequence[Any]) -> list[int]:
+    """Indexes of ops answered NOSCRIPT (load the script, run them again); any other error reply is raised."""
+    missing = []
+    for k, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            missing.append(k)
+        elif isinstance(reply, Exception):
+            raise reply
+    return missing
