@@ -66,6 +66,7 @@ BENCHMARKS = {
     "learning-quality": "bench.learning_quality",
     "bloom": "bench.bloom_bench",
     "reads": "bench.reads_bench",
+    "serving": "bench.serving_bench",
     "stats": "bench.stats_bench",
 }
 

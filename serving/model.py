@@ -101,10 +101,10 @@ class ModelReader:
 
     def manifest(self) -> Manifest:
         """The current version's manifest as published last (not cached: it carries the publish time)."""
-        return self.store.manifest(self._require(self.store.current()))
+        return self.store.manifest(self.require(self.store.current()))
 
     @staticmethod
-    def _require(version: str | None) -> str:
+    def require(version: str | None) -> str:
         if version is None:
             msg = "no model version is published yet; start `recstream trainer` or run `recstream full-update`"
             raise ModelError(msg)
@@ -114,7 +114,7 @@ class ModelReader:
         """``(version, the user's embedding or None, its click rows)``, all under one version."""
         guess = self._last or self.store.current()
         for _ in range(3):
-            version = self._require(guess)
+            version = self.require(guess)
             pipe = self.store.redis.pipeline(transaction=False)
             pipe.get(MODEL_CURRENT)
             pipe.hget(self.store.embedding_key("user", user_id, version), user_id)
@@ -138,7 +138,7 @@ class ModelReader:
 
     def item_embeddings(self, item_ids: Sequence[str]) -> np.ndarray:
         """``(len(ids), dim)`` item ID embeddings under the current version (shared row where none)."""
-        version = self._require(self.store.current())
+        version = self.require(self.store.current())
         return self._rows("item", item_ids, version)
 
     def _rows(self, kind: Literal["user", "item"], ids: Sequence[str], version: str) -> np.ndarray:

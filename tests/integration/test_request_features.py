@@ -4,60 +4,25 @@ issue's tests), in at most two round trips, from one model version even when the
 
 from __future__ import annotations
 
-import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 
-from filters.events import Event, encode_batch
-from filters.model_store import ModelStore
-from infra.settings import Settings
-from online_learning.learner import Learner
-from online_learning.versions import publish_full
 from serving.client import FeatureClient
 from serving.request import FeatureSpec
-from stream.batching import KeyPartitioner
-from stream.ingest import IngestStage, Record
 from tests.conftest import ServicePair
-from tests.learning_data import stream
+from tests.serving_data import populate, train_and_publish
 
 pytestmark = pytest.mark.integration
 
 
-def _events(now: int) -> list[Event]:
-    rng = random.Random(5)
-    out = []
-    for k in range(3000):
-        user, item = f"u{rng.randrange(12)}", f"i{rng.randrange(150)}"
-        ts = now - rng.randrange(3 * 86_400_000)
-        kind = rng.choice(["impression"] * 6 + ["click", "like", "collect"])
-        out.append(Event(event_id=f"e{k}", type=kind, user_id=user, item_id=item, ts=ts))
-    return sorted(out, key=lambda e: e.ts)
-
-
 @pytest.fixture
-def client(redis_service: ServicePair, redis_client: redis.Redis, tmp_path: Path) -> FeatureClient:
-    base = redis_service.settings
-    settings: Settings = base.model_copy(update={
-        "home": tmp_path, "join": base.join.model_copy(update={"enabled": False}),
-        "learning": base.learning.model_copy(update={"max_users": 100, "max_items": 400, "min_count": 1})})
-    now = int(time.time() * 1000)
-    place = KeyPartitioner(settings.kafka.partitions)
-    parts: dict[int, list[Event]] = {}
-    for e in _events(now):
-        parts.setdefault(place(e.user_id), []).append(e)
-    stage = IngestStage(redis_client, settings)
-    for p, evs in parts.items():
-        stage.process([Record(settings.kafka.events_topic, p, 0, None, encode_batch(evs))]).commit()
-    learner = Learner.fresh(settings.learning)
-    samples = stream(640, users=12, items=150, seed=9)
-    for k in range(0, 640, 64):
-        learner.train(samples[k:k + 64])
-    publish_full(settings, ModelStore(redis_client, settings.redis.shards), learner, "full-a", None)
-    c = FeatureClient(settings=settings)
+def client(redis_service: ServicePair, redis_client: redis.Redis, tmp_path: Path) -> Iterator[FeatureClient]:
+    c = FeatureClient(settings=populate(redis_service.settings, redis_client, tmp_path))
     yield c
     c.close()
 
@@ -85,12 +50,7 @@ def test_one_round_trip_without_the_model_and_empty_families(client: FeatureClie
 
 def test_a_version_switch_between_requests_is_followed(client: FeatureClient, tmp_path: Path) -> None:
     client.request_features("u3", ["i1", "i2"])  # caches the first version
-    learner = Learner.fresh(client.settings.learning)
-    samples = stream(320, users=12, items=150, seed=10)
-    for k in range(0, 320, 64):
-        learner.train(samples[k:k + 64])
-    new = publish_full(client.settings, ModelStore(client.redis, client.settings.redis.shards), learner, "full-b",
-                       "v000001").version
+    new = train_and_publish(client.settings, client.redis, seed=10, model_id="full-b", parent="v000001")
     f = client.request_features("u3", ["i1", "i2"])
     assert f.model_version == new
     np.testing.assert_allclose(f.user_vector, client.user_vector("u3").vector, atol=1e-6)

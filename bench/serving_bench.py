@@ -1,0 +1,153 @@
+"""Serving, measured: ``request_features`` for 1,000 candidates (sync and async), and ``recommend`` top-100
+over 100k and 1M item vectors (HNSW vs exact: latency, recall, build time).
+
+``python -m bench.serving_bench [--requests 500] [--items 100000,1000000]`` (``recstream bench serving``)
+starts a private Redis, writes features for 2,000 users × 20,000 items through the real ingest stage
+(~200k events over the last 3 days) and a published model version, then measures in one run:
+
+- ``request_features``, 1,000 candidates × (unseen mask + 4 windows of item and user stats + last-N 50 ×
+  3 actions + user vector + scores), sync client p50 / p99 (goal p99 ≤ 8 ms on loopback), and the async
+  client with 8 requests in flight (requests/s);
+- ``recommend`` k = 100 through the index: exact numpy vs faiss HNSW over ``--items`` random unit
+  vectors (d = 32), p50 / p99 latency and recall@100 of HNSW against exact, and the build time.
+Writes ``serving.json`` / ``serving.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import percentiles, private_redis, write_results
+from filters.events import Event, encode_batch
+from infra.settings import Settings
+from serving.ann import ItemIndex
+from serving.async_client import AsyncFeatureClient
+from serving.client import FeatureClient
+from stream.batching import KeyPartitioner
+from stream.ingest import IngestStage, Record
+
+USERS, ITEMS, EVENTS = 2000, 20_000, 200_000
+
+
+def _fill(settings: Settings, client: Any) -> None:
+    """Features through the ingest stage, then a full model version trained on synthetic positives."""
+    rng, now = random.Random(1), int(time.time() * 1000)
+    kinds: list[Any] = ["impression"] * 6 + ["click", "like", "collect"]
+    events = sorted((Event(event_id=f"e{k}", type=rng.choice(kinds),
+                           user_id=f"u{rng.randrange(USERS)}", item_id=f"i{rng.randrange(ITEMS)}",
+                           ts=now - rng.randrange(3 * 86_400_000)) for k in range(EVENTS)), key=lambda e: e.ts)
+    place, parts = KeyPartitioner(settings.kafka.partitions), dict[int, list[Event]]()
+    for e in events:
+        parts.setdefault(place(e.user_id), []).append(e)
+    stage = IngestStage(client, settings)
+    for p, evs in parts.items():
+        for k in range(0, len(evs), 5000):
+            stage.process([Record(settings.kafka.events_topic, p, k, None, encode_batch(evs[k:k + 5000]))]).commit()
+    from bench.learning_bench import synthetic_positives
+    from filters.model_store import ModelStore
+    from online_learning.learner import Learner
+    from online_learning.versions import publish_full
+
+    learner = Learner.fresh(settings.learning)
+    samples = synthetic_positives(60_000, users=USERS, items=ITEMS)
+    for k in range(0, len(samples), 1024):
+        learner.train(samples[k:k + 1024])
+    publish_full(settings, ModelStore(client, settings.redis.shards), learner, "bench", None)
+
+
+def _sync(settings: Settings, requests: int) -> dict[str, Any]:
+    client = FeatureClient(settings=settings)
+    rng = random.Random(2)
+    took = []
+    for _ in range(requests):
+        cands = [f"i{rng.randrange(ITEMS)}" for _ in range(1000)]
+        started = time.perf_counter()
+        client.request_features(f"u{rng.randrange(USERS)}", cands)
+        took.append(time.perf_counter() - started)
+    client.close()
+    return percentiles(took[10:])
+
+
+async def _async(settings: Settings, requests: int, concurrency: int = 8) -> dict[str, Any]:
+    client = await AsyncFeatureClient.connect(settings=settings)
+    rng = random.Random(3)
+    jobs = [(f"u{rng.randrange(USERS)}", [f"i{rng.randrange(ITEMS)}" for _ in range(1000)]) for _ in range(requests)]
+    queue: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+
+    async def worker() -> None:
+        while not queue.empty():
+            user, cands = queue.get_nowait()
+            await client.request_features(user, cands)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    await client.close()
+    return {"requests_per_s": requests / wall, "concurrency": concurrency}
+
+
+def _ann(n: int, queries: int = 200, k: int = 100) -> dict[str, Any]:
+    rng = np.random.default_rng(n)
+    vecs = rng.standard_normal((n, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = [f"i{j}" for j in range(n)]
+    index = ItemIndex(ids, vecs, "bench", exact_below=0, threads=2)
+    qs = rng.standard_normal((queries, 32)).astype(np.float32)
+    exact_t, ann_t, recall = [], [], []
+    for q in qs:
+        t0 = time.perf_counter()
+        want = index.exact_search(q, k)
+        t1 = time.perf_counter()
+        got = index.search(q, k)
+        t2 = time.perf_counter()
+        exact_t.append(t1 - t0)
+        ann_t.append(t2 - t1)
+        recall.append(len({i for i, _ in got} & {i for i, _ in want}) / k)
+    return {"items": n, "build_s": index.built_s, "exact": percentiles(exact_t), "hnsw": percentiles(ann_t),
+            "recall_at_100": float(np.mean(recall))}
+
+
+def _table(res: dict[str, Any]) -> list[list[str]]:
+    s, a = res["sync"], res["async"]
+    rows = [["measure", "value"],
+            ["request_features, 1,000 candidates, sync p50 / p99",
+             f"{s['p50_us'] / 1000:.2f} / {s['p99_us'] / 1000:.2f} ms (goal p99 ≤ 8 ms: "
+             f"{'met' if s['p99_us'] <= 8000 else 'missed'})"],
+            [f"request_features, async, {a['concurrency']} in flight", f"{a['requests_per_s']:,.0f} requests/s"]]
+    for r in res["ann"]:
+        rows.append([f"recommend top-100 over {r['items']:,} vectors: exact p50 / p99",
+                     f"{r['exact']['p50_us'] / 1000:.2f} / {r['exact']['p99_us'] / 1000:.2f} ms"])
+        rows.append([f"recommend top-100 over {r['items']:,} vectors: HNSW p50 / p99, recall@100, build",
+                     f"{r['hnsw']['p50_us'] / 1000:.2f} / {r['hnsw']['p99_us'] / 1000:.2f} ms, "
+                     f"{r['recall_at_100']:.3f}, {r['build_s']:.1f} s"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--items", default="100000,1000000", help="catalogue sizes for the ANN comparison")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    with private_redis(join={"enabled": False}) as (client, settings):
+        _fill(settings, client)
+        res: dict[str, Any] = {"sync": _sync(settings, args.requests),
+                               "async": asyncio.run(_async(settings, args.requests))}
+    res["ann"] = [_ann(int(n)) for n in args.items.split(",") if n]
+    md = write_results(args.out, "serving", res, _table(res))
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""``AsyncFeatureClient``: the serving reads for asyncio services (redis.asyncio).
+
+It executes the same sans-IO plans as the sync client (:class:`serving.request.FeatureRequest`): only
+the pipeline execution differs, every decode and computation is shared. The readers it plans with are
+the sync client's pure parts (key layout, script SHA, decoders, the model-version cache); they are
+given a sync ``redis.Redis`` object that never connects.
+
+Example::
+
+    features = await AsyncFeatureClient.connect()
+    f = await features.request_features("u1", candidates)
+    unseen = await features.filter_unseen("u1", candidates)
+    await features.close()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+
+from infra import metrics
+from infra.clock import Clock, now_ms
+from infra.keys import LAYOUT_KEY, MODEL_CURRENT
+from infra.redis_client import unreachable
+from infra.settings import Settings, load_settings
+from serving.exposure import ExposureReader
+from serving.model import ModelReader
+from serving.request import FeatureRequest, Features, FeatureSpec, Op, failed_ops
+from serving.sequences import Entry, SequenceReader
+from serving.stats import StatsReader
+
+__all__ = ["AsyncFeatureClient"]
+
+_NOTHING = FeatureSpec(unseen=False, last_n={}, user_stats=False, candidate_stats=False, user_vector=False,
+                       scores=False)
+
+
+class AsyncFeatureClient:
+    """The async twin of :class:`serving.client.FeatureClient`; build it with :meth:`connect`."""
+
+    def __init__(self, url: str, settings: Settings, clock: Clock, **redis_kwargs: Any) -> None:
+        self.settings, self.url, self._clock = settings, url, clock
+        self.redis = aioredis.Redis.from_url(url, **redis_kwargs)
+        planning = redis.Redis.from_url(url)  # pure parts only: never used for IO here
+        self._exposure = ExposureReader(planning, settings, clock)
+        self._sequences = SequenceReader(planning, settings)
+        self._stats = StatsReader(planning, settings, clock)
+        self._model = ModelReader(planning, settings, self._sequences)
+
+    @classmethod
+    async def connect(cls, redis_url: str | None = None, *, settings: Settings | None = None,
+                      clock: Clock = now_ms, **redis_kwargs: Any) -> AsyncFeatureClient:
+        """Connect and check the data's key layout (one round trip); an unreachable Redis raises one
+        :class:`~infra.errors.InfraError` naming the URL."""
+        settings = settings or load_settings()
+        url = redis_url or settings.redis.effective_url
+        client = cls(url, settings, clock, **redis_kwargs)
+        try:
+            raw = await client.redis.get(LAYOUT_KEY)
+        except redis.RedisError as exc:
+            await client.close()
+            raise unreachable(url, exc) from None
+        if raw is not None and int(raw) != settings.redis.shards:
+            from infra.redis_client import check_layout  # the sync check words the mismatch
+
+            check_layout(redis.Redis.from_url(url), settings.redis.shards)
+        return client
+
+    async def _execute(self, ops: Sequence[Op]) -> list[Any]:
+        replies: list[Any] = []
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for op in ops:
+                getattr(pipe, op.method)(*op.args, **op.kwargs)
+            replies = await pipe.execute(raise_on_error=False)
+            if not failed_ops(replies) or attempt:
+                return replies
+            await self.redis.script_load(self._exposure.script.source)
+        return replies
+
+    async def request_features(self, user_id: str, candidate_ids: Sequence[str], spec: FeatureSpec | None = None,
+                               at: int | None = None) -> Features:
+        """As :meth:`serving.client.FeatureClient.request_features`."""
+        with metrics.SERVING_SECONDS.labels(method="async_request_features").time():
+            s = self.settings
+            req = FeatureRequest(self._exposure, self._sequences, self._stats, self._model, s.kafka.partitions,
+                                 s.worker.app_id, s.kafka.events_topic, user_id, candidate_ids,
+                                 spec or FeatureSpec(), self._clock() if at is None else at)
+            req.after_first(await self._execute(req.first()))
+            ops = req.second()
+            if ops:
+                req.after_second(await self._execute(ops))
+            return req.result(2 if ops else 1)
+
+    def _only(self, **families: Any) -> FeatureSpec:
+        fields = {k: getattr(_NOTHING, k) for k in _NOTHING.__dataclass_fields__}
+        return FeatureSpec(**{**fields, **families})
+
+    async def filter_unseen(self, user_id: str, candidate_ids: Sequence[str], at: int | None = None) -> list[str]:
+        """The candidates ``user_id`` has surely not been shown, input order kept."""
+        ids = list(candidate_ids)
+        if not ids:
+            return []
+        f = await self.request_features(user_id, ids, self._only(unseen=True), at)
+        assert f.unseen is not None
+        return [c for c, u in zip(ids, f.unseen.tolist(), strict=True) if u]
+
+    async def last_n_multi(self, user_id: str, requests: Mapping[str, int]) -> dict[str, list[Entry]]:
+        """Several actions' newest entries in one round trip: ``{action: n}`` -> ``{action: entries}``."""
+        return (await self.request_features(user_id, [], self._only(last_n=dict(requests)))).last_n
+
+    async def user_vector(self, user_id: str) -> np.ndarray:
+        """The current version's user tower over the fresh embedding and the user's last-N clicks."""
+        f = await self.request_features(user_id, [], self._only(user_vector=True))
+        if f.user_vector is None:
+            ModelReader.require(None)  # no version yet: the same one-line error as the sync client
+        assert f.user_vector is not None
+        return f.user_vector
+
+    async def score(self, user_id: str, item_ids: Sequence[str]) -> list[float]:
+        """cosine / temperature of the user's vector and each item's published vector."""
+        f = await self.request_features(user_id, list(item_ids), self._only(scores=True))
+        return [] if f.scores is None else [float(x) for x in f.scores]
+
+    async def model_version(self) -> str | None:
+        """The model version serving reads."""
+        raw = await self.redis.get(MODEL_CURRENT)
+        return raw.decode() if isinstance(raw, bytes) else None
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self.redis.aclose()
