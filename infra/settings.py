@@ -223,6 +223,18 @@ class LearningSettings(_Section):
     seed: int = 7
 
 
+class ServingSettings(_Section):
+    """``recstream serve``: the HTTP service (docs/serving.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    api_key: str = Field("", description="non-empty: every /v1 route needs header X-API-Key with this value")
+    max_candidates: int = Field(10_000, ge=1, description="items per request (unseen, features)")
+    max_n: int = Field(1000, ge=1, description="largest last-N / k per request")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body")
+
+
 class ProducerSettings(_Section):
     """How :class:`stream.producer.EventProducer` packs events into batched records (docs/events.md)."""
 
@@ -259,6 +271,7 @@ class Settings(BaseSettings):
     producer: ProducerSettings = ProducerSettings()
     join: JoinSettings = JoinSettings()
     learning: LearningSettings = LearningSettings()
+    serving: ServingSettings = ServingSettings()
 
     @classmethod
     def settings_customise_sources(

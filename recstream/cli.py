@@ -87,6 +87,7 @@ def _register() -> None:
     from recstream.infra_cli import infra
     from recstream.learning_cli import full_update, model, trainer
     from recstream.samples_cli import samples
+    from recstream.serve_cli import serve
 
     main.add_command(infra)
     main.add_command(produce)
@@ -95,6 +96,7 @@ def _register() -> None:
     main.add_command(trainer)
     main.add_command(full_update)
     main.add_command(model)
+    main.add_command(serve)
 
 
 _register()
