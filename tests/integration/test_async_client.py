@@ -47,11 +47,14 @@ def test_async_answers_equal_sync_answers(redis_service: ServicePair, redis_clie
     sync.close()
 
 
-def test_unreachable_redis_is_one_error(redis_service: ServicePair, free_port: object) -> None:
+def test_unreachable_redis_is_one_error_for_both_clients(redis_service: ServicePair, free_port: object) -> None:
     url = f"redis://:secret@127.0.0.1:{free_port()}/0"  # type: ignore[operator]
 
     async def run() -> None:
         await AsyncFeatureClient.connect(url, settings=redis_service.settings)
 
-    with pytest.raises(InfraError, match=r"cannot reach Redis at redis://:\*\*\*@127\.0\.0\.1"):
+    with pytest.raises(InfraError, match=r"cannot reach Redis at redis://:\*\*\*@127\.0\.0\.1") as err:
         asyncio.run(run())
+    assert "\n" not in str(err.value) and "secret" not in str(err.value)
+    with pytest.raises(InfraError, match=r"cannot reach Redis at redis://:\*\*\*@127\.0\.0\.1"):
+        FeatureClient(url, settings=redis_service.settings)
