@@ -52,8 +52,9 @@ from bench.common import BAR, write_results
 from filters.events import Event, ItemMeta
 from filters.labels import Arrival, JoinConfig, JoinOutput, PartitionJoin, Sample
 from infra.settings import LearningSettings, Settings
+from online_learning.bootstrap import paired_bootstrap, paired_bootstrap_auc
 from online_learning.checkpoint import load_checkpoint, save_checkpoint
-from online_learning.evaluation import auc, paired_bootstrap, paired_bootstrap_auc, recall_at, reciprocal_rank
+from online_learning.evaluation import auc, recall_at, reciprocal_rank
 from online_learning.learner import Learner
 from recstream.generate import GeneratorConfig, World, generate_events, generate_items
 from recstream.sources import Rejects, mind_news_items, read_mind

@@ -21,7 +21,6 @@ import numpy as np
 import redis
 
 from filters.manifest import Manifest, decode_manifest
-from filters.towers import TowerWeights, decode_weights
 from infra.errors import ModelError
 from infra.keys import MODEL_CURRENT, MODEL_VERSIONS, KeyLayout, model_key
 
@@ -65,19 +64,6 @@ class ModelStore:
             msg = f"model version {version} not found (kept: {', '.join(self.versions()) or 'none'})"
             raise ModelError(msg)
         return decode_manifest(raw)
-
-    def weights(self, version: str) -> TowerWeights:
-        """The frozen towers of ``version``."""
-        raw = self.redis.get(model_key(version, "weights"))
-        if not isinstance(raw, bytes):
-            msg = f"model version {version} has no tower weights"
-            raise ModelError(msg)
-        return decode_weights(raw)
-
-    def defaults(self, version: str) -> dict[str, np.ndarray]:
-        """``{"user": row, "item": row}``: the shared rows of IDs without their own."""
-        raw = self.redis.hgetall(model_key(version, "defaults"))
-        return {_text(k): unpack_vector(bytes(v)) for k, v in raw.items()}  # type: ignore[arg-type]
 
     def embedding_key(self, kind: Literal["user", "item"], entity_id: str, version: str) -> str:
         """The hash holding ``entity_id``'s embedding under ``version``."""

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from online_learning.bootstrap import paired_bootstrap, paired_bootstrap_auc
 from online_learning.evaluation import (
     MetricsLog,
     PlattScaler,
@@ -19,8 +20,6 @@ from online_learning.evaluation import (
     SlidingWindow,
     auc,
     logloss,
-    paired_bootstrap,
-    paired_bootstrap_auc,
     rank_of_targets,
     recall_at,
     reciprocal_rank,
