@@ -79,7 +79,7 @@ def write_packed(client: redis.Redis, commands: Sequence[Sequence[bytes | str | 
     pool = client.connection_pool
     conn: Any = pool.get_connection()
     try:
-        conn.send_packed_command(packed)
+        conn.send_packed_command([b"".join(packed)])  # one send, not one per command
         return [conn.read_response() for _ in packed]
     except BaseException:
         conn.disconnect()

@@ -16,22 +16,24 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import redis
 import redis.asyncio as aioredis
 
+from filters.model_store import unpack_vector
+from filters.sequences import decode_member
 from infra import metrics
 from infra.clock import Clock, now_ms
 from infra.keys import LAYOUT_KEY, MODEL_CURRENT
 from infra.redis_client import unreachable
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
-from serving.model import ModelReader
+from serving.model import ModelReader, VersionParts
 from serving.request import FeatureRequest, Features, FeatureSpec, Op, failed_ops
-from serving.sequences import Entry, SequenceReader
-from serving.stats import StatsReader
+from serving.sequences import CATEGORY_SCAN_LUA, Entry, SequenceReader, entries_of
+from serving.stats import EntityId, StatsMatrix, StatsReader
 
 __all__ = ["AsyncFeatureClient"]
 
@@ -50,6 +52,7 @@ class AsyncFeatureClient:
         self._sequences = SequenceReader(planning, settings)
         self._stats = StatsReader(planning, settings, clock)
         self._model = ModelReader(planning, settings, self._sequences)
+        self._scan = self.redis.register_script(CATEGORY_SCAN_LUA)
 
     @classmethod
     async def connect(cls, redis_url: str | None = None, *, settings: Settings | None = None,
@@ -125,6 +128,64 @@ class AsyncFeatureClient:
         """cosine / temperature of the user's vector and each item's published vector."""
         f = await self.request_features(user_id, list(item_ids), self._only(scores=True))
         return [] if f.scores is None else [float(x) for x in f.scores]
+
+    async def seen(self, user_id: str, ids: Sequence[str], at: int | None = None) -> list[bool]:
+        """Per id: True if probably shown to ``user_id`` within the retention."""
+        ids = list(ids)
+        if not ids:
+            return []
+        f = await self.request_features(user_id, ids, self._only(unseen=True), at)
+        assert f.unseen is not None
+        return [not u for u in f.unseen.tolist()]
+
+    async def last_n(self, user_id: str, action: str, n: int = 50, category: str | None = None,
+                     before: int | None = None) -> list[Entry]:
+        """The newest ``n`` entries of one action, newest first (``category``: only that category)."""
+        call = self._sequences.last_n_call(user_id, action, n, before)
+        if call is None:
+            return []
+        if category is None:
+            return entries_of(await self.redis.zrange(*call[0], **call[1]))
+        flat = await self._scan(keys=[call[0][0]], args=[n, call[0][1], max(64, 2 * n), category])
+        return [decode_member(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    async def stats_multi(self, kind: str, ids: Sequence[EntityId], windows: Sequence[str] | None = None,
+                          actions: Sequence[str] | None = None, at: int | None = None) -> StatsMatrix:
+        """Statistics of many entities of one kind in one ``MGET`` (as the sync client)."""
+        keys = self._stats.keys_of(kind, ids)
+        blobs: list[Any] = await self.redis.mget(keys) if keys else []
+        return self._stats.compute(blobs, ids, windows, actions, at)
+
+    async def stats(self, kind: str, entity_id: EntityId, windows: Sequence[str] | None = None,
+                    actions: Sequence[str] | None = None, at: int | None = None) -> dict[str, dict[str, float]]:
+        """``{window: {name: value}}`` for one entity."""
+        return (await self.stats_multi(kind, [entity_id], windows, actions, at)).row(0)
+
+    async def _parts(self, version: str) -> VersionParts:
+        cached = self._model.cached(version)
+        if cached is not None:
+            return cached
+        ops = [Op(m, a) for m, a in self._model.load_ops(version)]
+        return self._model.remember(version, *(await self._execute(ops)))
+
+    async def user_embedding(self, user_id: str) -> np.ndarray:
+        """The user's fresh ID embedding (the shared row if it has none yet)."""
+        rows = await self._embeddings("user", [user_id])
+        return np.asarray(rows[0])
+
+    async def item_embeddings(self, item_ids: Sequence[str]) -> np.ndarray:
+        """``(len(item_ids), dim)`` item ID embeddings."""
+        return await self._embeddings("item", list(item_ids))
+
+    async def _embeddings(self, kind: Literal["user", "item"], ids: list[str]) -> np.ndarray:
+        version = ModelReader.require(await self.model_version())
+        parts = await self._parts(version)
+        store = self._model.store
+        raws = await self._execute([Op("hget", (store.embedding_key(kind, i, version), i)) for i in ids])
+        default = parts.defaults[kind]
+        rows = [unpack_vector(r) if r is not None else default for r in raws]
+        out: np.ndarray = np.stack(rows) if rows else np.zeros((0, int(default.shape[0])), np.float32)
+        return out
 
     async def model_version(self) -> str | None:
         """The model version serving reads."""

@@ -18,15 +18,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 import redis
+from redis.exceptions import NoScriptError
 
 from infra import metrics
 from infra.clock import Clock, now_ms
-from infra.redis_client import check_layout, unreachable
+from infra.redis_client import check_layout, unreachable, write_packed
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
 from serving.model import ModelReader, UserVector
 from serving.recommend import Recommendation, Recommender
-from serving.request import FeatureRequest, Features, FeatureSpec, Op, failed_ops
+from serving.request import FeatureRequest, Features, FeatureSpec, Op, raw_command, raw_reply
 from serving.sequences import Entry, SequenceReader
 from serving.stats import EntityId, StatsMatrix, StatsReader
 
@@ -138,15 +139,14 @@ class FeatureClient:
         return req.result(2 if ops else 1)
 
     def _execute(self, ops: Sequence[Op]) -> list[Any]:
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for op in ops:
-                getattr(pipe, op.method)(*op.args, **op.kwargs)
-            replies = pipe.execute(raise_on_error=False)
-            if not failed_ops(replies) or attempt:
-                return replies
+        """One round trip, packed in C (:func:`infra.redis_client.write_packed`); NOSCRIPT loads the
+        exposure script and runs the round again."""
+        try:
+            replies = write_packed(self.redis, [raw_command(op) for op in ops])
+        except NoScriptError:
             self._exposure.script.load(self.redis)
-        return replies
+            replies = write_packed(self.redis, [raw_command(op) for op in ops])
+        return [raw_reply(op, r) for op, r in zip(ops, replies, strict=True)]
 
     def recommend(self, user_id: str, k: int = 100, candidates: Sequence[str] | None = None) -> Recommendation:
         """``k`` items ``user_id`` has not been shown, best first by the current model's score: top-k over

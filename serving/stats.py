@@ -153,13 +153,16 @@ class StatsReader:
     ) -> StatsMatrix:
         """Features of many entities of one ``kind`` (``user``, ``item``, ``author``, ``user_category``
         with ``(user_id, category)`` ids) in one ``MGET``; ``at`` = epoch ms (default: now)."""
+        keys = self.keys_of(kind, ids)
+        blobs: list[Any] = self.client.mget(keys) if keys else []
+        return self.compute(blobs, ids, windows, actions, at)
+
+    def keys_of(self, kind: str, ids: Sequence[EntityId]) -> list[str]:
+        """The tile keys of entities of one ``kind`` (``ValueError`` for an unknown kind)."""
         if kind not in ENTITY_KINDS:
             msg = f"unknown kind {kind!r}; known: {list(ENTITY_KINDS)}"
             raise ValueError(msg)
-        if not ids:
-            return self.compute([], ids, windows, actions, at)
-        blobs: list[Any] = self.client.mget([self.keys.stats(kind, i) for i in ids])
-        return self.compute(blobs, ids, windows, actions, at)
+        return [self.keys.stats(kind, i) for i in ids]
 
     def stats(
         self,
