@@ -57,8 +57,12 @@ def _entries(entries: list[Any]) -> list[dict[str, Any]]:
     return [{"item_id": e.item_id, "ts": e.ts, "category": e.category, "author_id": e.author_id} for e in entries]
 
 
-def _stats(matrix: Any) -> list[dict[str, dict[str, float]]] | None:
-    return None if matrix is None else matrix.to_dicts()
+def _stats(matrix: Any) -> dict[str, Any] | None:
+    """A statistics matrix as ``{"windows", "names", "values"}``: ``values[i][w][k]`` is entity ``i``'s
+    ``names[k]`` in ``windows[w]`` (nested lists: 1,000 candidates encode in ~2 ms, dicts in ~40)."""
+    if matrix is None:
+        return None
+    return {"windows": list(matrix.windows), "names": list(matrix.names), "values": matrix.values.tolist()}
 
 
 def _list(x: np.ndarray | None) -> list[Any] | None:
