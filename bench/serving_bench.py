@@ -194,7 +194,9 @@ def _table(res: dict[str, Any]) -> list[list[str]]:
         rows.append([f"recommend top-100 over {r['items']:,} vectors: faiss HNSW p50 / p99, recall@100, build",
                      f"{r['hnsw']['p50_us'] / 1000:.2f} / {r['hnsw']['p99_us'] / 1000:.2f} ms, "
                      f"{r['recall_at_100']:.3f}, {r['build_s']:.1f} s"])
-        u = r["usearch"]
+        u = r.get("usearch")
+        if u is None:
+            continue
         rows.append([f"top-100 over {r['items']:,} vectors: usearch HNSW p50 / p99, recall@100, build",
                      f"{u['search']['p50_us'] / 1000:.2f} / {u['search']['p99_us'] / 1000:.2f} ms, "
                      f"{u['recall_at_100']:.3f}, {u['build_s']:.1f} s"])

@@ -140,15 +140,18 @@ def create_app(settings: Settings, client_factory: Callable[[], FeatureClient] |
     guarded = [Depends(auth)]
     n_query = Query(50, ge=1, le=cfg.max_n)
 
+    at_query = Query(None, ge=0, description="epoch ms the answer is as of (default: now)")
+
     @app.get("/v1/users/{user_id}/unseen", dependencies=guarded)
-    def unseen_get(user_id: str, items: str = Query(..., max_length=cfg.max_body_bytes)) -> dict[str, Any]:
+    def unseen_get(user_id: str, items: str = Query(..., max_length=cfg.max_body_bytes),
+                   at: int | None = at_query) -> dict[str, Any]:
         ids = limit_items([i for i in items.split(",") if i])
-        return {"user_id": user_id, "unseen": call(lambda: client().filter_unseen(user_id, ids))}
+        return {"user_id": user_id, "unseen": call(lambda: client().filter_unseen(user_id, ids, at))}
 
     @app.post("/v1/users/{user_id}/unseen", dependencies=guarded)
-    def unseen_post(user_id: str, body: ItemsBody) -> dict[str, Any]:
+    def unseen_post(user_id: str, body: ItemsBody, at: int | None = at_query) -> dict[str, Any]:
         ids = limit_items(body.items)
-        return {"user_id": user_id, "unseen": call(lambda: client().filter_unseen(user_id, ids))}
+        return {"user_id": user_id, "unseen": call(lambda: client().filter_unseen(user_id, ids, at))}
 
     @app.get("/v1/users/{user_id}/last_n", dependencies=guarded)
     def last_n(user_id: str, action: str = Query("click", pattern="^(" + "|".join(EVENT_TYPES) + ")$"),
@@ -157,11 +160,12 @@ def create_app(settings: Settings, client_factory: Callable[[], FeatureClient] |
         return {"user_id": user_id, "action": action, "entries": _entries(entries)}
 
     @app.get("/v1/stats/{kind}/{entity_id}", dependencies=guarded)
-    def stats(kind: str, entity_id: str, windows: str | None = None) -> dict[str, Any]:
+    def stats(kind: str, entity_id: str, windows: str | None = None, at: int | None = at_query) -> dict[str, Any]:
         wins = [w for w in windows.split(",") if w] if windows else None
         if kind == "user_category":
-            raise HTTPException(400, "user_category statistics: use POST /v1/features or the Python client")
-        return {"kind": kind, "id": entity_id, "stats": call(lambda: client().stats(kind, entity_id, wins))}
+            raise HTTPException(400, "user_category statistics: use the Python client")
+        return {"kind": kind, "id": entity_id,
+                "stats": call(lambda: client().stats(kind, entity_id, wins, at=at))}
 
     @app.get("/v1/users/{user_id}/embedding", dependencies=guarded)
     def embedding(user_id: str) -> dict[str, Any]:
@@ -171,14 +175,15 @@ def create_app(settings: Settings, client_factory: Callable[[], FeatureClient] |
                 "user_vector": uv.vector.tolist(), "published_ms": uv.published_ms}
 
     @app.post("/v1/features", dependencies=guarded)
-    def features(body: FeaturesBody) -> dict[str, Any]:
+    def features(body: FeaturesBody) -> ORJSONResponse:
         ids = limit_items(body.candidate_ids)
         spec = body.spec
         if any(n < 0 or n > cfg.max_n for n in spec.last_n.values()):
             raise HTTPException(400, f"last_n sizes must be within 0..serving.max_n = {cfg.max_n}")
         fs = FeatureSpec(spec.unseen, dict(spec.last_n), tuple(spec.windows) if spec.windows else None,
                          spec.user_stats, spec.candidate_stats, spec.user_vector, spec.scores, spec.metadata)
-        return features_json(call(lambda: client().request_features(body.user_id, ids, fs)))
+        # an ORJSONResponse skips FastAPI's jsonable_encoder walk over ~70k values (~50 ms per request)
+        return ORJSONResponse(features_json(call(lambda: client().request_features(body.user_id, ids, fs))))
 
     @app.get("/v1/users/{user_id}/recommendations", dependencies=guarded)
     def recommendations(user_id: str, k: int = Query(20, ge=1, le=cfg.max_n)) -> dict[str, Any]:

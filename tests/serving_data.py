@@ -6,7 +6,10 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
 import redis
 
 from filters.events import Event, encode_batch
@@ -16,6 +19,7 @@ from online_learning.learner import Learner
 from online_learning.versions import publish_full
 from stream.batching import KeyPartitioner
 from stream.ingest import IngestStage, Record
+from stream.worker_process import WorkerProcess
 from tests.learning_data import stream
 
 USERS, ITEMS = 12, 150
@@ -27,7 +31,7 @@ def _events(now: int) -> list[Event]:
     for k in range(3000):
         user, item = f"u{rng.randrange(USERS)}", f"i{rng.randrange(ITEMS)}"
         ts = now - rng.randrange(3 * 86_400_000)
-        kind = rng.choice(["impression"] * 6 + ["click", "like", "collect"])
+        kind: Any = rng.choice(["impression"] * 6 + ["click", "like", "collect"])
         out.append(Event(event_id=f"e{k}", type=kind, user_id=user, item_id=item, ts=ts))
     return sorted(out, key=lambda e: e.ts)
 
@@ -55,3 +59,17 @@ def train_and_publish(settings: Settings, client: redis.Redis, seed: int, model_
     for k in range(0, 640, 64):
         learner.train(samples[k:k + 64])
     return publish_full(settings, ModelStore(client, settings.redis.shards), learner, model_id, parent).version
+
+
+def start_serve(settings: Settings, port: int, log: Path) -> WorkerProcess:
+    """``recstream serve --port PORT`` as a child process, returned once ``/healthz`` answers."""
+    proc = WorkerProcess(settings, log, args=("serve", "--port", str(port))).start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.stop()
+    pytest.fail(f"recstream serve did not come up: {log.read_text()[-2000:]}")

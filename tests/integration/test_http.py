@@ -4,7 +4,6 @@ schemathesis fuzzes every operation of the OpenAPI schema (no 5xx, responses con
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,24 +18,10 @@ from hypothesis import settings as hsettings
 
 from infra.settings import Settings
 from serving.client import FeatureClient
-from stream.worker_process import WorkerProcess
 from tests.conftest import ServicePair
-from tests.serving_data import ITEMS, populate
+from tests.serving_data import ITEMS, populate, start_serve
 
 pytestmark = pytest.mark.integration
-
-
-def _start(settings: Settings, port: int, log: Path) -> WorkerProcess:
-    proc = WorkerProcess(settings, log, args=("serve", "--port", str(port))).start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.stop()
-    pytest.fail(f"recstream serve did not come up: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +34,7 @@ def served(redis_service: ServicePair, tmp_path_factory: pytest.TempPathFactory,
     from tests.conftest import free_ports
 
     port = free_ports(1)[0]
-    proc = _start(settings, port, home / "serve.log")
+    proc = start_serve(settings, port, home / "serve.log")
     yield f"http://127.0.0.1:{port}", settings
     proc.stop()
 
@@ -111,7 +96,7 @@ def test_api_key_and_unreachable_redis(redis_service: ServicePair, tmp_path: Pat
     settings = base.model_copy(update={
         "home": tmp_path, "redis": base.redis.model_copy(update={"url": f"redis://:pw@127.0.0.1:{dead}/0"}),
         "serving": base.serving.model_copy(update={"api_key": "s3cret"})})
-    proc = _start(settings, port, tmp_path / "serve.log")
+    proc = start_serve(settings, port, tmp_path / "serve.log")
     try:
         url = f"http://127.0.0.1:{port}/v1/users/u1/last_n"
         assert httpx.get(url, timeout=10).status_code == 401

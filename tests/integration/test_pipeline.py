@@ -325,3 +325,38 @@ def test_idle_flush_emits_the_windows_of_a_quiet_partition(pipeline: Settings) -
                 break
             time.sleep(0.5)
     assert sorted(kinds) == ["impression", "positive"]
+
+
+def test_http_serves_the_reference_features(pipeline: Settings) -> None:
+    """Kafka → the worker process → Redis → ``recstream serve`` → HTTP equals the brute-force reference."""
+    import httpx
+
+    from tests.conftest import free_ports
+    from tests.serving_data import start_serve
+
+    settings = pipeline
+    events, meta = make_stream(seed=12, n=1500)
+    produce(settings, [], meta)
+    with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
+        produce(settings, events)
+        LagProbe(settings).wait_until_caught_up(120)
+    events = topic_order(settings, events)
+    parts, users = settings.kafka.partitions, sorted({e.user_id for e in events})
+    port = free_ports(1)[0]
+    with start_serve(settings, port, settings.home / "logs" / "serve.log"), httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        for action in ACTIONS:
+            cap = settings.lastn.capacity[action]
+            expected = reference.sequences(events, parts, action, cap)
+            for user in users:
+                got = http.get(f"/v1/users/{user}/last_n", params={"action": action, "n": cap}).json()["entries"]
+                assert [(g["item_id"], g["ts"]) for g in got] == [(w.item_id, w.ts) for w in expected.get(user, [])]
+        want = reference.counts(events, parts, settings.stats.allowed_lateness_ms, AT)
+        for user in users:
+            served = http.get(f"/v1/stats/user/{user}", params={"at": AT}).json()["stats"]
+            for window in reference.WINDOW_MS:
+                for etype in ("impression", *ACTIONS):
+                    assert served[window][etype] == want.get(("user", user, window, etype), 0), (user, window)
+            impressed = sorted({e.item_id for e in events if e.user_id == user and e.type == "impression"})
+            r = http.post(f"/v1/users/{user}/unseen", params={"at": AT}, json={"items": impressed}).json()
+            assert r["unseen"] == []  # no false negatives: every exposure is reported seen
