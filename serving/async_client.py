@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from infra.redis_client import unreachable
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
 from serving.model import ModelReader, VersionParts
+from serving.recommend import Recommendation, Recommender, search_steps
 from serving.request import FeatureRequest, Features, FeatureSpec, Op, failed_ops
 from serving.sequences import CATEGORY_SCAN_LUA, Entry, SequenceReader, entries_of
 from serving.stats import EntityId, StatsMatrix, StatsReader
@@ -53,6 +55,9 @@ class AsyncFeatureClient:
         self._stats = StatsReader(planning, settings, clock)
         self._model = ModelReader(planning, settings, self._sequences)
         self._scan = self.redis.register_script(CATEGORY_SCAN_LUA)
+        # the index is built from a version's item vectors with the sync reader, in a worker thread
+        self._recommender = Recommender(ModelReader(redis.Redis.from_url(url), settings, self._sequences),
+                                        self._exposure)
 
     @classmethod
     async def connect(cls, redis_url: str | None = None, *, settings: Settings | None = None,
@@ -186,6 +191,23 @@ class AsyncFeatureClient:
         rows = [unpack_vector(r) if r is not None else default for r in raws]
         out: np.ndarray = np.stack(rows) if rows else np.zeros((0, int(default.shape[0])), np.float32)
         return out
+
+    async def recommend(self, user_id: str, k: int = 100) -> Recommendation:
+        """``k`` items the user has not been shown, best first (the sync client's over-fetching search;
+        the index itself is built in a worker thread the first time a version is seen)."""
+        version = ModelReader.require(await self.model_version())
+        vector = await self.user_vector(user_id)
+        held = self._recommender.held(version)
+        index = held if held is not None else await asyncio.to_thread(self._recommender.refresh_for, version)
+        temperature = (await self._parts(version)).weights.temperature
+        steps = search_steps(index, vector, k, self._recommender.overfetch, temperature)
+        ids = next(steps)
+        while True:
+            try:
+                ids = steps.send(set(await self.filter_unseen(user_id, ids)))
+            except StopIteration as done:
+                kept, fetched = done.value
+                return Recommendation(kept, version, index.exact, fetched)
 
     async def model_version(self) -> str | None:
         """The model version serving reads."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +24,7 @@ from serving.ann import EXACT_BELOW, ItemIndex
 from serving.exposure import ExposureReader
 from serving.model import ModelReader
 
-__all__ = ["Recommendation", "Recommender"]
+__all__ = ["Recommendation", "Recommender", "search_steps"]
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,20 @@ class Recommender:
         if self._thread is not None:
             self._thread.join(5)
 
+    def held(self, version: str) -> ItemIndex | None:
+        """The index of ``version`` if it is the one held and younger than ``refresh_s`` (no IO)."""
+        index = self._index
+        fresh = index is not None and time.monotonic() - self._built_at < self.refresh_s
+        return index if fresh and index is not None and index.version == version else None
+
     def index_for(self, version: str) -> ItemIndex:
         """The index of ``version`` (built now if the one held is of another version)."""
         index = self._index
         return index if index is not None and index.version == version else self._build(version)
+
+    def refresh_for(self, version: str) -> ItemIndex:
+        """The index of ``version``, rebuilt now unless :meth:`held` has it (the async client's path)."""
+        return self.held(version) or self._build(version)
 
     def recommend(self, user_id: str, k: int, candidates: Sequence[str] | None = None) -> Recommendation:
         """``k`` items the user has not been shown, best first."""
@@ -96,12 +106,26 @@ class Recommender:
             unseen = set(self.exposure.filter_unseen(user_id, [c for c, _ in scored]))
             return Recommendation([(c, s) for c, s in scored if c in unseen][:k], uv.version, True, len(scored))
         index = self.index_for(uv.version)
-        temperature = self.model.temperature(uv.version)
-        fetch = max(k, 1) * self.overfetch
+        steps = search_steps(index, uv.vector, k, self.overfetch, self.model.temperature(uv.version))
+        ids = next(steps)
         while True:
-            found = index.search(uv.vector, fetch)
-            unseen = set(self.exposure.filter_unseen(user_id, [i for i, _ in found]))
-            kept = [(i, s / temperature) for i, s in found if i in unseen]
-            if len(kept) >= k or fetch >= len(index):
-                return Recommendation(kept[:k], uv.version, index.exact, len(found))
-            fetch *= 2
+            try:
+                ids = steps.send(set(self.exposure.filter_unseen(user_id, ids)))
+            except StopIteration as done:
+                kept, fetched = done.value
+                return Recommendation(kept, uv.version, index.exact, fetched)
+
+
+def search_steps(index: ItemIndex, vector: np.ndarray, k: int, overfetch: int,
+                 temperature: float) -> Generator[list[str], set[str], tuple[list[tuple[str, float]], int]]:
+    """The over-fetching search, sans-IO: yields the ids to check against the exposure filter, is sent the
+    unseen ones, and returns ``(k best unseen (id, score), items searched)`` — so the sync and the async
+    client drive the same loop with their own ``filter_unseen``."""
+    fetch = max(k, 1) * overfetch
+    while True:
+        found = index.search(vector, fetch)
+        unseen = yield [i for i, _ in found]
+        kept = [(i, s / temperature) for i, s in found if i in unseen]
+        if len(kept) >= k or fetch >= len(index):
+            return kept[:k], len(found)
+        fetch *= 2

@@ -40,6 +40,7 @@ def test_async_answers_equal_sync_answers(redis_service: ServicePair, redis_clie
             assert await client.last_n_multi("u2", {"click": 5}) == sync.last_n_multi("u2", {"click": 5})
             np.testing.assert_allclose(await client.user_vector("u3"), sync.user_vector("u3").vector, atol=1e-6)
             assert await client.model_version() == sync.model_version()
+            assert (await client.recommend("u4", k=10)).items == sync.recommend("u4", k=10).items
         finally:
             await client.close()
 
