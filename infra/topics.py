@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.errors import KafkaError
+from infra.kafka_log import client_logging
 from infra.settings import Settings
 
 _log = logging.getLogger("recstream.infra.topics")
@@ -43,8 +44,8 @@ def admin_client(settings: Settings) -> Any:
     """A confluent-kafka AdminClient for ``settings.kafka.bootstrap`` (IPv4 only, logs to logging)."""
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap, "broker.address.family": "v4"},
-                       logger=logging.getLogger("recstream.infra.kafka.admin"))
+    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap, "broker.address.family": "v4",
+                        **client_logging("admin")})
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:

@@ -9,37 +9,16 @@ distinct message, instead of stderr.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from infra.errors import KafkaError
+from infra.kafka_log import client_logging
 from infra.settings import Settings
 
 __all__ = ["SampleRecord", "SampleSource"]
-
-_log = logging.getLogger("recstream.trainer.kafka")
-
-
-class _Once(logging.Filter):
-    """Drops a log message identical to one already passed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if text in self._seen or len(self._seen) > 1000:
-            return False
-        self._seen.add(text)
-        return True
-
-
-_log.addFilter(_Once())
-
 
 class SampleRecord(NamedTuple):
     """One record of the samples topic."""
@@ -67,8 +46,7 @@ class SampleSource:
             "auto.offset.reset": "earliest",
             "broker.address.family": "v4",
             "allow.auto.create.topics": False,
-            "logger": _log,
-            "error_cb": lambda err: _log.warning("kafka: %s", err),
+            **client_logging("trainer"),
         })
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
 

@@ -33,16 +33,29 @@ def worker(ctx: click.Context, loglevel: str) -> None:
 @click.option("--until-caught-up", is_flag=True, help="Wait until everything produced so far is consumed.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait with --until-caught-up.")
 @click.option("--quiet", is_flag=True, help="Print only the total.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per partition (offsets and seconds).")
+@click.option("--watch", type=float, default=None, metavar="S", help="Refresh in place every S seconds.")
 @click.pass_context
 @friendly_errors
-def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool) -> None:
-    """Committed vs end offsets of the worker's consumer group, per partition."""
+def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool, as_json: bool,
+        watch: float | None) -> None:
+    """Lag of the worker's consumer group per partition: messages (end − committed) and seconds (age of
+    the oldest unprocessed record; 0 when caught up)."""
+    import json
+    import time
+
     from stream.lag import LagProbe, format_rows
 
     probe = LagProbe(settings_from_context(ctx))
-    rows = probe.wait_until_caught_up(timeout) if until_caught_up else probe.read()
-    text = format_rows(rows)
-    click.echo(text.splitlines()[-1] if quiet else text)
+    while True:
+        rows = probe.wait_until_caught_up(timeout) if until_caught_up else probe.read()
+        rows = probe.with_seconds(rows, int(time.time() * 1000))
+        text = "\n".join(json.dumps(r.as_json()) for r in rows) if as_json else format_rows(rows)
+        if watch is None:
+            click.echo(text.splitlines()[-1] if quiet else text)
+            return
+        click.echo("\x1b[H\x1b[2J" + text, nl=True)  # clear the screen, then the table
+        time.sleep(watch)
 
 
 @main.command()

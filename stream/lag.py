@@ -12,14 +12,16 @@ A partition never committed counts as committed at 0 (Faust starts from ``earlie
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from infra.errors import KafkaError
+from infra.kafka_log import client_logging
 from infra.settings import Settings
 
 TP = tuple[str, int]
@@ -34,10 +36,16 @@ class LagRow:
     partition: int
     committed: int
     end: int
+    lag_s: float = 0.0  # age of the oldest unprocessed record (0 when caught up or nothing was produced)
 
     @property
     def lag(self) -> int:
         return max(0, self.end - self.committed)
+
+    def as_json(self) -> dict[str, object]:
+        """The row as a JSON object (``recstream lag --json``)."""
+        return {"group": self.group, "topic": self.topic, "partition": self.partition,
+                "committed": self.committed, "end": self.end, "lag": self.lag, "lag_seconds": round(self.lag_s, 3)}
 
 
 def lag_rows(committed: Mapping[TP, int | None], ends: Mapping[TP, int], group: str) -> list[LagRow]:
@@ -59,14 +67,18 @@ class LagProbe:
     def __init__(self, settings: Settings) -> None:
         kafka = settings.kafka
         self.group = settings.worker.app_id
+        self.bootstrap = kafka.bootstrap
         self.source_topics = [kafka.events_topic, kafka.items_topic]
-        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4"})
+        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4",
+                                   **client_logging("lag")})
 
     def _partitions(self, timeout: float) -> list[TopicPartition]:
         try:
             meta = self._admin.list_topics(timeout=timeout)
         except KafkaException as exc:
-            msg = f"cannot reach Kafka to read lag: {exc}"
+            reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+            msg = (f"cannot reach Kafka at {self.bootstrap} ({reason}); start it with `recstream infra up` "
+                   "or set RECSTREAM_KAFKA_BOOTSTRAP")
             raise KafkaError(msg) from None
         tps: list[TopicPartition] = []
         for topic in self.source_topics:
@@ -93,6 +105,30 @@ class LagProbe:
         }
         return lag_rows(committed, ends, self.group)
 
+    def with_seconds(self, rows: list[LagRow], now_ms: int, timeout: float = 5.0) -> list[LagRow]:
+        """The rows with ``lag_s``: now minus the timestamp of the first unprocessed record of each
+        partition that is behind (read without joining the group); 0 where caught up."""
+        behind = [r for r in rows if r.lag > 0]
+        if not behind:
+            return rows
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.group}-lag-probe",
+                             "enable.auto.commit": False, "broker.address.family": "v4",
+                             **client_logging("lag")})
+        try:
+            consumer.assign([TopicPartition(r.topic, r.partition, r.committed) for r in behind])
+            first: dict[TP, int] = {}
+            deadline = time.monotonic() + timeout
+            while len(first) < len(behind) and time.monotonic() < deadline:
+                for m in consumer.consume(len(behind), timeout=0.5):
+                    if m.error() is None:
+                        first.setdefault((str(m.topic()), int(m.partition() or 0)), m.timestamp()[1])
+                consumer.assign([TopicPartition(r.topic, r.partition, r.committed) for r in behind
+                                 if (r.topic, r.partition) not in first])
+        finally:
+            consumer.close()
+        return [dataclasses.replace(r, lag_s=max(0.0, (now_ms - first[(r.topic, r.partition)]) / 1000))
+                if (r.topic, r.partition) in first else r for r in rows]
+
     def wait_until_caught_up(self, timeout_s: float, poll_s: float = 0.5) -> list[LagRow]:
         """Block until everything produced to the source topics so far is consumed; raises
         :class:`KafkaError` on timeout."""
@@ -111,9 +147,11 @@ class LagProbe:
 
 
 def format_rows(rows: list[LagRow]) -> str:
-    """A plain-text table of lag rows, one line per partition with lag, plus a total."""
-    lines = [f"{'group':<14} {'topic':<24} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}"]
+    """A plain-text table of lag rows, one line per partition, plus a total."""
+    lines = [f"{'group':<14} {'topic':<24} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8} {'lag s':>8}"]
     for r in rows:
-        lines.append(f"{r.group:<14} {r.topic:<24} {r.partition:>4} {r.committed:>10} {r.end:>10} {r.lag:>8}")
-    lines.append(f"total lag: {sum(r.lag for r in rows)}")
+        lines.append(f"{r.group:<14} {r.topic:<24} {r.partition:>4} {r.committed:>10} {r.end:>10} {r.lag:>8} "
+                     f"{r.lag_s:>8.1f}")
+    oldest = max((r.lag_s for r in rows), default=0.0)
+    lines.append(f"total lag: {sum(r.lag for r in rows)} messages, oldest {oldest:.1f} s")
     return "\n".join(lines)

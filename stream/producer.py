@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ import confluent_kafka
 
 from filters.events import Event, ItemMeta, encode
 from infra.errors import InfraError, KafkaError
+from infra.kafka_log import RepeatFilter
 from infra.settings import Settings, load_settings
 from stream.batching import BatchRecord, KeyPartitioner, PartitionBatcher
 
@@ -69,29 +69,6 @@ _CALLBACK_OPTIONS = frozenset({"error_cb", "stats_cb", "throttle_cb", "oauth_cb"
 _MAX_KEPT_FAILURES = 20
 _POLL_EVERY = 1000  # serve delivery callbacks at least every N produce calls
 _UNASSIGNED = -1  # librdkafka's RD_KAFKA_PARTITION_UA: let the configured partitioner choose
-
-
-class _LogFilter(logging.Filter):
-    """Mutes librdkafka logs while ``quiet`` (the connection check reports failures itself) and lets a
-    repeated message (digits ignored) through at most once per ``every`` seconds."""
-
-    def __init__(self, every: float = 30.0) -> None:
-        super().__init__()
-        self.quiet = False
-        self.every = every
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.quiet:
-            return False
-        key = re.sub(r"\d+", "#", record.getMessage())
-        now = time.monotonic()
-        if now - self._last.get(key, -self.every) < self.every:
-            return False
-        if len(self._last) > 1000:
-            self._last.clear()
-        self._last[key] = now
-        return True
 
 
 class DeliveryFailure:
@@ -149,7 +126,7 @@ class EventProducer:
         self._batcher = (PartitionBatcher(ps.batch_max_events, ps.batch_max_bytes, ps.linger_ms)
                          if ps.batch_max_events > 1 else None)
         self._placement: KeyPartitioner | None = None  # over the events topic's partitions (broker metadata)
-        self._log_filter = _LogFilter()
+        self._log_filter = RepeatFilter()
         if self.config.get("logger") is log:  # a private logger per producer, so the filter is ours
             self.config["logger"] = logging.getLogger(f"{log.name}.{id(self):x}")
             self.config["logger"].addFilter(self._log_filter)

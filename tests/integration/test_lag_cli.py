@@ -1,0 +1,65 @@
+"""``recstream lag`` against the real broker: offsets and seconds per partition, idle partitions at 0,
+``--json``; with Kafka unreachable one clear error line and a non-zero exit (no librdkafka flood)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from filters.events import Event
+from infra.settings import Settings, to_env
+from infra.topics import ensure_topics
+from stream.producer import EventProducer
+from tests.conftest import ServicePair, free_ports
+
+pytestmark = pytest.mark.integration
+
+
+def _lag(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **to_env(settings)}
+    return subprocess.run([sys.executable, "-m", "recstream.cli", "lag", *args], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+
+
+def test_unreachable_kafka_is_one_error_line(kafka_service: ServicePair) -> None:
+    dead = free_ports(1)[0]
+    base = kafka_service.settings
+    settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"bootstrap": f"127.0.0.1:{dead}"})})
+    out = _lag(settings)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 1
+    assert lines == [f"error: cannot reach Kafka at 127.0.0.1:{dead} (Failed to get metadata: Local: Broker "
+                     "transport failure); start it with `recstream infra up` or set RECSTREAM_KAFKA_BOOTSTRAP"]
+
+
+def test_offsets_and_seconds_per_partition(kafka_service: ServicePair) -> None:
+    base = kafka_service.settings
+    tag = uuid.uuid4().hex[:8]
+    settings = base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={"events_topic": f"lag-{tag}", "items_topic": f"lagi-{tag}",
+                                               "dlq_topic": f"lagd-{tag}", "samples_topic": f"lags-{tag}"}),
+        "worker": base.worker.model_copy(update={"app_id": f"lag-{tag}"}),
+        "producer": base.producer.model_copy(update={"batch_max_events": 1})})
+    ensure_topics(settings)
+    with EventProducer(settings) as producer:  # every event to one user: one partition behind, others idle
+        for k in range(5):
+            producer.send(Event(event_id=f"e{k}", type="click", user_id="u1", item_id="i1",
+                                ts=int(time.time() * 1000)))
+    time.sleep(1.5)
+    out = _lag(settings, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    events = [r for r in rows if r["topic"] == settings.kafka.events_topic]
+    assert len(events) == settings.kafka.partitions
+    behind = [r for r in events if r["lag"]]
+    assert [r["lag"] for r in behind] == [5] and behind[0]["lag_seconds"] >= 1.0
+    idle = [r for r in rows if not r["lag"]]
+    assert idle and all(r["lag_seconds"] == 0 and r["end"] >= 0 for r in idle)
+    table = _lag(settings)
+    assert table.returncode == 0 and "total lag: 5 messages, oldest" in table.stdout
