@@ -1,4 +1,4 @@
-"""Every Prometheus collector of recstream, in one module (names are the SRE contract: docs/operations.md lists them).
+"""Every Prometheus collector of recstream, in one module (names are the SRE contract: docs/metrics.md lists them).
 
 Collectors are module-level and labelled; processes expose them with :func:`serve`.
 
@@ -107,7 +107,7 @@ JOIN_OPEN = Gauge("recstream_join_open", "Open join state of this worker's parti
 JOIN_STATE_BYTES = Gauge("recstream_join_state_bytes", "Checkpointed join state of this worker's partitions")
 JOIN_EMIT_DELAY = Histogram(
     "recstream_join_emit_delay_seconds",
-    "Wall time from an impression's ts to its sample's emission (a sample: at most 256 per batch)", ["kind"],
+    "Wall time from an impression's ts to its sample's emission (a sample: at most 32 per batch)", ["kind"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 7200, 14400),
 )
 
@@ -141,6 +141,18 @@ EMBEDDING_EVENTS = Counter(
     "recstream_embedding_events", "Embedding table events (admission, eviction, hit, miss, full)",
     ["table", "event"],
 )
+
+
+def catalogue() -> list[tuple[str, str, tuple[str, ...], str]]:
+    """``(exposed name, type, labels, help)`` of every collector of this module (docs/metrics.md lists
+    them; a test keeps the two equal)."""
+    out = []
+    for collector in list(globals().values()):
+        if isinstance(collector, Counter | Gauge | Histogram):
+            kind = type(collector).__name__.lower()
+            name = collector._name + ("_total" if kind == "counter" else "")
+            out.append((name, kind, tuple(collector._labelnames), collector._documentation))
+    return sorted(out)
 
 
 def render() -> bytes:
