@@ -3,7 +3,8 @@
 # skipped when already done, so running it before each `make test` / `make demo` costs ~1 s.
 #
 #   1. apt packages, only when missing: python3-venv (if `python3 -m venv` fails), redis-server,
-#      openjdk-17-jre-headless (if no java), maven (if no mvn). Needs root or passwordless sudo.
+#      openjdk-17-jre-headless (if no java), maven (if no mvn), prometheus (if no promtool). Needs root
+#      or passwordless sudo.
 #   2. .venv + `pip install -e '.[dev,bench]'` (re-run only when pyproject.toml changed; the pip
 #      cache stays in the default user cache and is reused across runs).
 #   3. the Kafka broker jars from Maven Central into the shared per-version cache
@@ -45,6 +46,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # alert-rule tests (promtool), monitoring
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
