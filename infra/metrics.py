@@ -33,6 +33,14 @@ PROCESSING_SECONDS = Histogram(
     "recstream_batch_processing_seconds", "Wall time to process one batch", ["agent"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+CONSUMER_LAG = Gauge(
+    "recstream_consumer_lag_messages", "Highwater minus the next offset to process, per partition (the worker's own)",
+    ["group", "topic", "partition"],
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "recstream_consumer_lag_seconds", "Age of the oldest unprocessed record, per partition (0 when caught up)",
+    ["group", "topic", "partition"],
+)
 EVENT_TIME_LAG = Gauge(
     "recstream_event_time_lag_seconds", "Now minus the newest event ts seen, per partition",
     ["topic", "partition"],

@@ -21,13 +21,14 @@ from typing import Any, TypeVar
 
 import faust
 import redis
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from infra import metrics
 from infra.errors import InfraError
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
 from stream.ingest import IngestStage, ItemMetaStage, Record, StageOutput
+from stream.lag import partition_lag
 
 log = logging.getLogger(__name__)
 GIL_SWITCH_S = 0.0005
@@ -41,6 +42,23 @@ def _records(events: Sequence[EventT[bytes]]) -> list[Record]:
         msg = event.message
         out.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
     return out
+
+
+def _observe_lag(app: faust.App, group: str, events: Sequence[EventT[bytes]]) -> None:
+    """The consumer-lag gauges of the partitions in a batch, from the consumer's highwater marks."""
+    newest: dict[tuple[str, int], Any] = {}
+    for event in events:
+        newest[(event.message.topic, event.message.partition)] = event.message
+    now = time.time()
+    for (topic, partition), msg in newest.items():
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except (KeyError, AttributeError):  # not fetched yet, or the consumer is rebalancing
+            highwater = None
+        messages, seconds = partition_lag(highwater, msg.offset, msg.timestamp, now)
+        labels = {"group": group, "topic": topic, "partition": str(partition)}
+        metrics.CONSUMER_LAG.labels(**labels).set(messages)
+        metrics.CONSUMER_LAG_SECONDS.labels(**labels).set(seconds)
 
 
 async def _retry_redis(agent_name: str, work: Callable[[], T]) -> T:
@@ -99,6 +117,7 @@ def create_app(settings: Settings) -> faust.App:
                 await _retry_redis(agent_name, out.commit)
             metrics.BATCH_SIZE.labels(agent=agent_name).observe(len(records))
             metrics.PROCESSING_SECONDS.labels(agent=agent_name).observe(time.perf_counter() - started)
+            _observe_lag(app, worker.app_id, events)
 
     ingest_stage = IngestStage(client, settings)
     meta_stage = ItemMetaStage(client, settings)

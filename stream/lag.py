@@ -56,6 +56,20 @@ def lag_rows(committed: Mapping[TP, int | None], ends: Mapping[TP, int], group: 
     ]
 
 
+def partition_lag(highwater: int | None, last_offset: int, last_ts_s: float, now_s: float) -> tuple[int, float]:
+    """The worker's own lag on one partition after a batch: ``(messages, seconds)``. Messages = the
+    partition's highwater − the next offset to process; seconds = 0 when caught up, else the age of the
+    last record processed (an upper bound of the oldest unprocessed one's age: it is older than it). An
+    unknown highwater (nothing fetched yet) counts as caught up.
+
+    >>> partition_lag(10, 9, 100.0, 130.0), partition_lag(25, 9, 100.0, 130.0), partition_lag(None, 3, 1.0, 9.0)
+    ((0, 0.0), (15, 30.0), (0, 0.0))
+    """
+    if highwater is None or highwater <= last_offset + 1:
+        return 0, 0.0
+    return highwater - last_offset - 1, max(0.0, now_s - last_ts_s)
+
+
 def caught_up(rows: list[LagRow], targets: Mapping[TP, int]) -> bool:
     """True when every partition's committed offset reached its target (default: its current end)."""
     return all(r.committed >= targets.get((r.topic, r.partition), r.end) for r in rows)

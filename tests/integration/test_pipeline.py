@@ -360,3 +360,28 @@ def test_http_serves_the_reference_features(pipeline: Settings) -> None:
             impressed = sorted({e.item_id for e in events if e.user_id == user and e.type == "impression"})
             r = http.post(f"/v1/users/{user}/unseen", params={"at": AT}, json={"items": impressed}).json()
             assert r["unseen"] == []  # no false negatives: every exposure is reported seen
+
+
+def test_the_worker_reports_its_own_lag_per_partition(pipeline: Settings) -> None:
+    """After catching up, every partition the worker consumed reports 0 messages and 0 s of lag."""
+    import re
+    import urllib.request
+
+    from tests.conftest import free_ports
+
+    port = free_ports(1)[0]
+    settings = pipeline.model_copy(update={"worker": pipeline.worker.model_copy(update={"metrics_port": port})})
+    events, meta = make_stream(seed=13, n=800)
+    produce(settings, [], meta)
+    with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
+        produce(settings, events)
+        LagProbe(settings).wait_until_caught_up(120)
+        time.sleep(1.0)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    rows = re.findall(r'^recstream_consumer_lag_(messages|seconds)\{group="([^"]+)",partition="(\d+)",'
+                      r'topic="([^"]+)"\} ([0-9.e+-]+)$', text, re.M)
+    events_rows = [r for r in rows if r[3] == settings.kafka.events_topic]
+    assert events_rows and {r[1] for r in events_rows} == {settings.worker.app_id}
+    assert all(float(r[4]) == 0.0 for r in events_rows), events_rows
+    assert {r[2] for r in events_rows if r[0] == "messages"} == {
+        str(reference.partition_of(e.user_id, settings.kafka.partitions)) for e in events}
