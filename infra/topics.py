@@ -48,6 +48,20 @@ def admin_client(settings: Settings) -> Any:
                         **client_logging("admin")})
 
 
+def require_kafka(settings: Settings, timeout: float = 5.0) -> None:
+    """One :class:`KafkaError` line when the broker does not answer within ``timeout`` seconds (before a
+    client library would print its own stack trace or retry forever)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        admin_client(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        msg = (f"cannot reach Kafka at {settings.kafka.bootstrap} ({reason}); start it with `recstream infra up` "
+               "or set RECSTREAM_KAFKA_BOOTSTRAP")
+        raise KafkaError(msg) from None
+
+
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create the missing topics (existing ones are fine) and wait until every partition has a leader.
 
@@ -62,9 +76,9 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     specs = topic_specs(settings)
     try:
         existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        msg = f"cannot reach Kafka at {settings.kafka.bootstrap} to create topics: {exc}"
-        raise KafkaError(msg) from None
+    except KafkaException:
+        require_kafka(settings)  # the one-line reason
+        raise
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []
     if missing:

@@ -27,6 +27,7 @@ from infra import metrics
 from infra.errors import InfraError
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
+from infra.topics import require_kafka
 from stream.ingest import IngestStage, ItemMetaStage, Record, StageOutput
 from stream.lag import partition_lag
 
@@ -150,6 +151,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     # chunk: hand the GIL over every 0.5 ms instead of every 5 ms, or Redis idles between pipelines
     sys.setswitchinterval(GIL_SWITCH_S)
     check_layout(connect(settings.redis.effective_url), settings.redis.shards, claim=True)
+    require_kafka(settings)
     port = settings.worker.metrics_port
     try:
         metrics.serve(port)

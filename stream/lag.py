@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from infra.errors import KafkaError
 from infra.kafka_log import client_logging
 from infra.settings import Settings
+from infra.topics import require_kafka
 
 TP = tuple[str, int]
 
@@ -82,6 +83,7 @@ class LagProbe:
         kafka = settings.kafka
         self.group = settings.worker.app_id
         self.bootstrap = kafka.bootstrap
+        self.settings = settings
         self.source_topics = [kafka.events_topic, kafka.items_topic]
         self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4",
                                    **client_logging("lag")})
@@ -89,11 +91,9 @@ class LagProbe:
     def _partitions(self, timeout: float) -> list[TopicPartition]:
         try:
             meta = self._admin.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-            msg = (f"cannot reach Kafka at {self.bootstrap} ({reason}); start it with `recstream infra up` "
-                   "or set RECSTREAM_KAFKA_BOOTSTRAP")
-            raise KafkaError(msg) from None
+        except KafkaException:
+            require_kafka(self.settings)  # the one-line reason
+            raise
         tps: list[TopicPartition] = []
         for topic in self.source_topics:
             if topic not in meta.topics:
