@@ -235,6 +235,13 @@ class ServingSettings(_Section):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body")
 
 
+class MonitoringSettings(_Section):
+    """``recstream infra up --monitoring``: a local Prometheus with recstream's alert rules."""
+
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    scrape_interval_s: float = Field(5.0, gt=0, le=300)
+
+
 class ProducerSettings(_Section):
     """How :class:`stream.producer.EventProducer` packs events into batched records (docs/events.md)."""
 
@@ -272,6 +279,7 @@ class Settings(BaseSettings):
     join: JoinSettings = JoinSettings()
     learning: LearningSettings = LearningSettings()
     serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @classmethod
     def settings_customise_sources(

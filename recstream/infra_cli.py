@@ -32,9 +32,10 @@ def infra() -> None:
 
 
 @infra.command()
+@click.option("--monitoring", is_flag=True, help="Also start Prometheus with recstream's alert rules.")
 @click.pass_context
 @friendly_errors
-def up(ctx: click.Context) -> None:
+def up(ctx: click.Context, monitoring: bool) -> None:
     """Start Redis and Kafka (reusing running ones) and create the topics."""
     from infra.services import up as services_up
 
@@ -42,6 +43,12 @@ def up(ctx: click.Context) -> None:
     started = time.monotonic()
     services_up(settings)
     _echo_status(settings)
+    if monitoring:
+        from infra import prometheus_server
+
+        pid = prometheus_server.start(settings)
+        click.echo(f"prometheus  running  pid {pid}  http://127.0.0.1:{settings.monitoring.prometheus_port}  "
+                   f"rules {prometheus_server.RULES}")
     click.echo(f"up in {time.monotonic() - started:.1f}s (data home {settings.home})")
 
 
@@ -50,9 +57,11 @@ def up(ctx: click.Context) -> None:
 @friendly_errors
 def down(ctx: click.Context) -> None:
     """Stop the Kafka broker and Redis server that ``infra up`` started."""
+    from infra import prometheus_server
     from infra.services import down as services_down
 
-    stopped = services_down(settings_from_context(ctx))
+    settings = settings_from_context(ctx)
+    stopped = (["prometheus"] if prometheus_server.stop(settings) else []) + services_down(settings)
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
