@@ -136,6 +136,20 @@ def decode_item(raw: bytes | bytearray | memoryview | str | None) -> ItemMeta:
     return _decode(_item_decoder, raw)
 
 
+CANARY_PREFIX = "__canary__"
+"""User ids starting with this are freshness canaries (``recstream canary``): they get features like any
+user, so their freshness can be read back, but the label join never samples them (no training data)."""
+
+
+def is_canary(user_id: str) -> bool:
+    """True for a canary user id.
+
+    >>> is_canary("__canary__.3.0"), is_canary("u1")
+    (True, False)
+    """
+    return user_id.startswith(CANARY_PREFIX)
+
+
 def check_user(user_id: object) -> str:
     """Return ``user_id`` if it is a non-empty str, else raise :class:`~infra.errors.InputError`.
 

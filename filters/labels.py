@@ -45,7 +45,7 @@ from typing import Literal
 import mmh3
 import msgspec
 
-from filters.events import ACTIONS, Event
+from filters.events import ACTIONS, CANARY_PREFIX, Event
 from infra.settings import Settings
 
 __all__ = ["Arrival", "JoinConfig", "JoinOutput", "PartitionJoin", "Sample", "UserJoin", "calibrate",
@@ -248,6 +248,8 @@ class PartitionJoin:
         users, cfg = self.users, self.config
         for a in arrivals:
             ev = a.event
+            if ev.user_id.startswith(CANARY_PREFIX):
+                continue  # freshness canaries never become samples
             state = users.get(ev.user_id)
             if state is None:  # one idle-check entry per user, pushed again while the user is active
                 state = users[ev.user_id] = UserJoin()

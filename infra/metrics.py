@@ -125,6 +125,15 @@ SERVING_SECONDS = Histogram(
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
 
+# --- freshness canaries (recstream canary) -----------------------------------------------------------
+CANARY_FRESHNESS = Histogram(
+    "recstream_canary_freshness_seconds", "Canary event produced -> readable through the serving client",
+    ["family"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30),
+)
+CANARY_MISSES = Counter(
+    "recstream_canary_misses", "Canary events not readable within the canary's timeout", ["family"],
+)
+
 # --- trainer (online learning) ---------------------------------------------------------------------
 TRAINER_SAMPLES = Counter(
     "recstream_trainer_samples", "Samples read by the trainer, by kind and what happened to them",

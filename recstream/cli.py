@@ -72,6 +72,37 @@ def demo(ctx: click.Context, users: int, items: int, days: int, events: int) -> 
     run_demo(settings_from_context(ctx), users=users, items=items, days=days, events=events)
 
 
+@main.command()
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
+@click.option("--rounds", type=int, default=None, help="Stop after this many rounds (default: run until Ctrl-C).")
+@click.option("--metrics-port", type=int, default=9110, show_default=True, help="/metrics port (0 = none).")
+@click.pass_context
+@friendly_errors
+def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port: int) -> None:
+    """Produce a canary click per partition every few seconds; measure produce → readable per family."""
+    import itertools
+    import time
+
+    from infra import metrics
+    from recstream.canary import Canary
+    from serving.client import FeatureClient
+    from stream.producer import EventProducer
+
+    settings = settings_from_context(ctx)
+    if metrics_port:
+        metrics.serve(metrics_port)
+    probe = Canary(settings, FeatureClient(settings=settings))
+    with EventProducer(settings) as producer:
+        for k in itertools.count(1):
+            delays = probe.round(producer)
+            line = ", ".join(f"{f} p50 {sorted(d)[len(d) // 2]:.2f} s" if d else f"{f} missed"
+                             for f, d in delays.items())
+            click.echo(f"round {k}: {line}")
+            if rounds is not None and k >= rounds:
+                return
+            time.sleep(interval)
+
+
 BENCHMARKS = {
     "ingest": "bench.ingest_bench",
     "join": "bench.join_bench",

@@ -122,3 +122,14 @@ def test_windows_must_name_every_action() -> None:
         JoinConfig({"click": 1})
     with pytest.raises(ValueError, match="idle_user_ms"):
         JoinConfig(WINDOWS, idle_user_ms=1)
+
+
+@pytest.mark.parametrize(("user", "samples"), [("u1", 2), ("__canary__.3.0", 0)])
+def test_canary_users_never_become_samples(user: str, samples: int) -> None:
+    join, out = PartitionJoin(JoinConfig(WINDOWS)), JoinOutput()
+    join.add([Arrival(Event(event_id="i1", type="impression", user_id=user, item_id="x", ts=1_000, request_id="r"),
+                      0),
+              Arrival(Event(event_id="c1", type="click", user_id=user, item_id="x", ts=2_000, request_id="r"),
+                      0)], out)
+    join.close(10**12, out)
+    assert len(out.samples) == samples
