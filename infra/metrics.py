@@ -41,6 +41,14 @@ CONSUMER_LAG_SECONDS = Gauge(
     "recstream_consumer_lag_seconds", "Age of the oldest unprocessed record, per partition (0 when caught up)",
     ["group", "topic", "partition"],
 )
+GROUP_LAG = Gauge(
+    "recstream_group_lag_messages", "End minus committed offset per partition, as `recstream lag --serve` reads it",
+    ["group", "topic", "partition"],
+)
+GROUP_LAG_SECONDS = Gauge(
+    "recstream_group_lag_seconds", "Age of the oldest unprocessed record per partition (`recstream lag --serve`)",
+    ["group", "topic", "partition"],
+)
 EVENT_TIME_LAG = Gauge(
     "recstream_event_time_lag_seconds", "Now minus the newest event ts seen, per partition",
     ["topic", "partition"],

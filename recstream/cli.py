@@ -35,21 +35,31 @@ def worker(ctx: click.Context, loglevel: str) -> None:
 @click.option("--quiet", is_flag=True, help="Print only the total.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per partition (offsets and seconds).")
 @click.option("--watch", type=float, default=None, metavar="S", help="Refresh in place every S seconds.")
+@click.option("--serve", "serve_port", type=int, default=None, metavar="PORT",
+              help="Export the lag as Prometheus gauges on PORT, refreshed every --watch seconds (default 5): "
+                   "lag of a group whose workers are down.")
 @click.pass_context
 @friendly_errors
 def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool, as_json: bool,
-        watch: float | None) -> None:
+        watch: float | None, serve_port: int | None) -> None:
     """Lag of the worker's consumer group per partition: messages (end − committed) and seconds (age of
     the oldest unprocessed record; 0 when caught up)."""
     import json
     import time
 
-    from stream.lag import LagProbe, format_rows
+    from stream.lag import LagProbe, export_rows, format_rows
 
     probe = LagProbe(settings_from_context(ctx))
+    if serve_port is not None:
+        from infra import metrics
+
+        metrics.serve(serve_port)
+        watch = watch or 5.0
     while True:
         rows = probe.wait_until_caught_up(timeout) if until_caught_up else probe.read()
         rows = probe.with_seconds(rows, int(time.time() * 1000))
+        if serve_port is not None:
+            export_rows(rows)
         text = "\n".join(json.dumps(r.as_json()) for r in rows) if as_json else format_rows(rows)
         if watch is None:
             click.echo(text.splitlines()[-1] if quiet else text)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
+from infra import metrics
 from infra.errors import KafkaError
 from infra.kafka_log import client_logging
 from infra.settings import Settings
@@ -158,6 +159,14 @@ class LagProbe:
                 raise KafkaError(msg)
             time.sleep(poll_s)
             rows = self.read()
+
+
+def export_rows(rows: list[LagRow]) -> None:
+    """Set the ``recstream_group_lag_*`` gauges from a snapshot (``recstream lag --serve``)."""
+    for r in rows:
+        labels = {"group": r.group, "topic": r.topic, "partition": str(r.partition)}
+        metrics.GROUP_LAG.labels(**labels).set(r.lag)
+        metrics.GROUP_LAG_SECONDS.labels(**labels).set(r.lag_s)
 
 
 def format_rows(rows: list[LagRow]) -> str:

@@ -63,3 +63,39 @@ def test_offsets_and_seconds_per_partition(kafka_service: ServicePair) -> None:
     assert idle and all(r["lag_seconds"] == 0 and r["end"] >= 0 for r in idle)
     table = _lag(settings)
     assert table.returncode == 0 and "total lag: 5 messages, oldest" in table.stdout
+
+
+def test_serve_exports_the_lag_of_a_group_whose_workers_are_down(kafka_service: ServicePair) -> None:
+    import re
+    import urllib.request
+
+    base = kafka_service.settings
+    tag = uuid.uuid4().hex[:8]
+    settings = base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={"events_topic": f"lsv-{tag}", "items_topic": f"lsvi-{tag}",
+                                               "dlq_topic": f"lsvd-{tag}", "samples_topic": f"lsvs-{tag}"}),
+        "worker": base.worker.model_copy(update={"app_id": f"lsv-{tag}"}),
+        "producer": base.producer.model_copy(update={"batch_max_events": 1})})
+    ensure_topics(settings)
+    with EventProducer(settings) as producer:
+        for k in range(3):
+            producer.send(Event(event_id=f"e{k}", type="click", user_id="u2", item_id="i1",
+                                ts=int(time.time() * 1000)))
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "recstream.cli", "lag", "--serve", str(port), "--watch", "1"],
+                            env={**os.environ, **to_env(settings)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline, found = time.monotonic() + 30, []
+        while time.monotonic() < deadline and not found:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                found = re.findall(rf'^recstream_group_lag_messages\{{group="lsv-{tag}",partition="(\d+)",'
+                                   rf'topic="lsv-{tag}"\}} 3\.0$', text, re.M)
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert len(found) == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
