@@ -55,3 +55,64 @@ def test_rules_load_targets_scrape_and_the_lag_alert_evaluates(prometheus: tuple
     targets = _api(port, "targets")["activeTargets"]
     assert [t["health"] for t in targets if t["labels"]["job"] == "recstream-worker"] == ["up"]
     assert prometheus_server.running_pid(settings) is not None
+
+
+def test_a_stopped_worker_raises_the_lag_alert_and_a_restart_clears_it(services: object, tmp_path: Path) -> None:
+    """Real broker, worker, `recstream lag --serve` and Prometheus. The rules are the shipped ones with
+    the group-lag alert scaled for a test (threshold 3 s instead of 60 s, for 2 s instead of 2 m)."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from filters.events import Event
+    from infra.settings import to_env
+    from infra.topics import ensure_topics
+    from stream.lag import LagProbe
+    from stream.producer import EventProducer
+    from stream.worker_process import WorkerProcess
+
+    base: Settings = services.settings  # type: ignore[attr-defined]
+    tag = uuid.uuid4().hex[:8]
+    exporter, prom_port = free_ports(2)
+    settings = base.model_copy(update={
+        "home": tmp_path,
+        "kafka": base.kafka.model_copy(update={"events_topic": f"pev-{tag}", "items_topic": f"pit-{tag}",
+                                               "dlq_topic": f"pdl-{tag}", "samples_topic": f"psm-{tag}"}),
+        "worker": base.worker.model_copy(update={"app_id": f"prom-{tag}", "metrics_port": 0}),
+        "learning": base.learning.model_copy(update={"metrics_port": 0}),
+        "serving": base.serving.model_copy(update={"port": free_ports(1)[0]}),
+        "monitoring": base.monitoring.model_copy(update={"prometheus_port": prom_port, "scrape_interval_s": 1})})
+    ensure_topics(settings)
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(prometheus_server.RULES.read_text().replace(
+        "(recstream_group_lag_seconds) > 60\n        for: 2m", "(recstream_group_lag_seconds) > 3\n        for: 2s"))
+    lag = subprocess.Popen([sys.executable, "-m", "recstream.cli", "lag", "--serve", str(exporter), "--watch", "1"],
+                           env={**os.environ, **to_env(settings)}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+    def firing() -> list[str]:
+        return sorted(a["labels"]["partition"] for a in _api(prom_port, "alerts")["alerts"]
+                      if a["labels"]["alertname"] == "RecstreamGroupLag" and a["state"] == "firing")
+
+    def wait_for(cond: Any, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return True
+            time.sleep(0.5)
+        return False
+
+    try:
+        prometheus_server.start(settings, rules, {"recstream-lag": exporter})
+        with EventProducer(settings) as producer:  # one user: one partition gets events, the others stay idle
+            producer.send(Event(event_id="e0", type="click", user_id="u9", item_id="i", ts=int(time.time() * 1000)))
+        assert wait_for(lambda: len(firing()) == 1), "the lag alert never fired with the worker down"
+        assert len(firing()) == 1  # the idle partitions raise nothing
+        with WorkerProcess(settings, tmp_path / "worker.log"):
+            LagProbe(settings).wait_until_caught_up(60)
+            assert wait_for(lambda: firing() == []), "the lag alert did not clear after the worker caught up"
+    finally:
+        lag.terminate()
+        lag.wait(10)
+        prometheus_server.stop(settings)
