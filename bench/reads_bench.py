@@ -22,14 +22,14 @@ from typing import Any
 import redis
 
 from bench.common import percentiles, private_redis, write_results
-from filters.events import ACTIONS, EVENT_TYPES, Event
+from filters.events import ACTIONS, EVENT_TYPES, Event, ItemMeta, encode, encode_batch
 from filters.tiles import TileLayout
 from infra.keys import KeyLayout
 from infra.settings import Settings
 from serving.sequences import SequenceReader
 from serving.stats import StatsReader
-from stream.deliveries import Delivery, ForwardedDelivery
-from stream.writers import EntityBatchWriter, UserBatchWriter
+from stream.batching import KeyPartitioner
+from stream.ingest import IngestStage, ItemMetaStage, Record
 
 D = 86_400_000
 NOW = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -48,28 +48,31 @@ def timed(fn: Callable[[], Any], iterations: int, warmup: int = 20) -> dict[str,
 
 
 def populate(client: redis.Redis, settings: Settings, rng: random.Random) -> list[str]:
-    users = UserBatchWriter(client, settings)
-    offset = 0
-    for user, n in (("sim", 2_000), ("u1", 300), ("u2", 300)):
-        batch = []
-        for k in range(n):
-            ev = Event(event_id=f"{user}-{k}", type=rng.choice(ACTIONS), user_id=user,
-                       item_id=f"i{rng.randrange(1000)}", ts=NOW - rng.randrange(60 * D))
-            if user == "sim":
-                ev = Event(event_id=ev.event_id, type="click", user_id=user, item_id=ev.item_id, ts=ev.ts)
-            batch.append(Delivery(offset, ev, False, rng.choice(CATEGORIES), f"a{rng.randrange(50)}"))
-            offset += 1
-        for k in range(0, len(batch), 500):
-            users.write({0: batch[k : k + 500]}, {0: NOW})
+    """Items' metadata (10 categories) and events through the real stages: user "sim" with 2,000 clicks,
+    "u1" / "u2" with 300 mixed actions, and 100,000 events on 1,000 items; returns the item ids."""
     items = [f"i{k}" for k in range(1000)]
-    ents = EntityBatchWriter(client, settings)
-    fwd = []
-    for k in range(100_000):
-        ev = Event(event_id=f"x{k}", type=rng.choices(EVENT_TYPES, weights=[20, 3, 1, 1, 1, 1])[0],
-                   user_id="u", item_id=rng.choice(items), ts=NOW - rng.randrange(31 * D))
-        fwd.append((0, ForwardedDelivery(1, k, 0, ev)))
-    for k in range(0, len(fwd), 5_000):
-        ents.write("item", fwd[k : k + 5_000])
+    topic = settings.kafka.items_topic
+    metas = [Record(topic, 0, k, i.encode(), encode(ItemMeta(item_id=i, category=rng.choice(CATEGORIES),
+                                                              author_id=f"a{rng.randrange(50)}")))
+             for k, i in enumerate(items)]
+    ItemMetaStage(client, settings).process(metas).commit()
+    kinds: list[Any] = list(ACTIONS)
+    events = []
+    for user, n in (("sim", 2_000), ("u1", 300), ("u2", 300)):
+        for k in range(n):
+            events.append(Event(event_id=f"{user}-{k}", type="click" if user == "sim" else rng.choice(kinds),
+                                user_id=user, item_id=rng.choice(items), ts=NOW - rng.randrange(60 * D)))
+    weighted: list[Any] = list(EVENT_TYPES)
+    events += [Event(event_id=f"x{k}", type=rng.choices(weighted, weights=[20, 3, 1, 1, 1, 1])[0], user_id=f"v{k % 97}",
+                     item_id=rng.choice(items), ts=NOW - rng.randrange(31 * D)) for k in range(100_000)]
+    events.sort(key=lambda e: e.ts)
+    place, parts = KeyPartitioner(settings.kafka.partitions), dict[int, list[Event]]()
+    for e in events:
+        parts.setdefault(place(e.user_id), []).append(e)
+    stage = IngestStage(client, settings, clock=lambda: NOW)
+    for p, evs in parts.items():
+        for k in range(0, len(evs), 5000):
+            stage.process([Record(settings.kafka.events_topic, p, k, None, encode_batch(evs[k:k + 5000]))]).commit()
     return items
 
 
@@ -97,25 +100,24 @@ def run(client: redis.Redis, settings: Settings, iterations: int) -> dict[str, A
     results["stats_multi 1000 items x 4 windows x 5 actions"] = timed(
         lambda: stats.stats_multi("item", items, windows, ACTIONS, at=NOW), iterations // 2)
     results["  of which MGET alone"] = timed(lambda: client.mget(stats_keys), iterations // 2)
-    blobs = client.mget(stats_keys)
+    blobs: list[Any] = client.mget(stats_keys)
     results["  of which decode + window sums + features"] = timed(
         lambda: stats.compute(blobs, items, windows, ACTIONS, at=NOW), iterations // 2)
     matrix = stats.stats_multi("item", items, windows, ACTIONS, at=NOW)
     results["StatsMatrix.to_dicts (1000 dicts of dicts)"] = timed(matrix.to_dicts, iterations // 4)
     results["stats 1 user (all windows, all types)"] = timed(
         lambda: stats.stats("user", "u1", at=NOW), iterations)
-    writer = UserBatchWriter(client, settings)
+    stage = IngestStage(client, settings, clock=lambda: NOW)
     counter = iter(range(10**9))
+    kinds: list[Any] = list(EVENT_TYPES)
 
     def write_batch() -> None:
-        base = next(counter) * 500
-        batch = [Delivery(10**6 + base + k, Event(event_id=f"w{base + k}", type=rng.choice(EVENT_TYPES),
-                                                   user_id=f"w{rng.randrange(200)}", item_id="i1",
-                                                   ts=NOW - rng.randrange(D)), False, "cat1", "a1")
-                 for k in range(500)]
-        writer.write({3: batch}, {3: NOW})
+        base = next(counter)
+        batch = [Event(event_id=f"w{base}-{k}", type=rng.choice(kinds), user_id=f"w{rng.randrange(200)}",
+                       item_id="i1", ts=NOW - rng.randrange(D)) for k in range(500)]
+        stage.process([Record(settings.kafka.events_topic, 0, 10**6 + base, None, encode_batch(batch))]).commit()
 
-    results["user write batch (500 events, 200 users)"] = timed(write_batch, 50, warmup=3)
+    results["ingest batch (500 events, 200 users, every family)"] = timed(write_batch, 50, warmup=3)
     return {"latency": results, "blob_bytes": layout.nbytes, "populate_s": round(populate_s, 2),
             "items": len(items), "iterations": iterations,
             "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"lastn": {"capacity": {"click": 2_000, "like": 100, "collect": 100,
-                                                         "share": 50, "comment": 50}}}
+                                                         "share": 50, "comment": 50}},
+                                 "join": {"enabled": False}}  # reads only: no samples topic needed
     with private_redis(args.redis_url, **overrides) as (client, settings):
         out = run(client, settings, args.iterations)
     table = [["operation", "p50 µs", "p99 µs", "mean µs"]]

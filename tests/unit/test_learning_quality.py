@@ -114,7 +114,7 @@ def test_main_writes_one_row_per_regime(tmp_path: Path) -> None:
     assert set(synthetic["overall"]) == set(lq.REGIMES)
     assert "skipped" in results["datasets"]["mind"]
     assert (tmp_path / "learning_quality_synthetic.png").stat().st_size > 0
-    table = lq.table(results["datasets"])
+    table = lq.table(results["datasets"], lq.K)
     assert [row[:2] for row in table[1:]] == [["synthetic", r] for r in lq.REGIMES]
     md = (tmp_path / "learning_quality.md").read_text()
     assert sum(line.startswith("| synthetic | ") for line in md.split("## Differences")[0].splitlines()) == 3
