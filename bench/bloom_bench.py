@@ -63,7 +63,10 @@ def timed(fn: Callable[[], Any], reps: int) -> list[float]:
 
 def pct(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
-    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))] * 1e6  # noqa: E731
+
+    def pick(q: float) -> float:
+        return s[min(len(s) - 1, int(q * len(s)))] * 1e6
+
     return {"p50_us": pick(0.5), "p99_us": pick(0.99), "median_us": statistics.median(s) * 1e6}
 
 
@@ -162,11 +165,11 @@ def run(url: str | None, quick: bool) -> dict[str, Any]:
         rb_bits = rbloom.Bloom(PER_DAY, p0.fpr, rb_hash).size_in_bits
 
         def rb_query(blobs: list[Any] | None = None) -> list[str]:
-            data = blobs if blobs is not None else r.mget(rb_keys)
+            data: list[Any] = blobs if blobs is not None else r.mget(rb_keys)
             fs = [rbloom.Bloom.load_bytes(x, rb_hash) for x in data]
             return [c for c in cands if not any(c in f for f in fs)]
 
-        blobs = r.mget(rb_keys)
+        blobs: list[Any] = r.mget(rb_keys)
         assert no_false_negative(rb_query(blobs))
         n_rb = max(10, reps // 20)
         fs = [rbloom.Bloom.load_bytes(x, rb_hash) for x in blobs]
@@ -190,11 +193,11 @@ def run(url: str | None, quick: bool) -> dict[str, Any]:
         pb_bits = pybloom_live.BloomFilter(PER_DAY, p0.fpr).num_bits
 
         def pb_query(blobs: list[Any] | None = None) -> list[str]:
-            data = blobs if blobs is not None else r.mget(pb_keys)
+            data: list[Any] = blobs if blobs is not None else r.mget(pb_keys)
             fs = [pybloom_live.BloomFilter.fromfile(io.BytesIO(x)) for x in data]
             return [c for c in cands if not any(c in f for f in fs)]
 
-        pblobs = r.mget(pb_keys)
+        pblobs: list[Any] = r.mget(pb_keys)
         assert no_false_negative(pb_query(pblobs))
         n_pb = max(5, reps // 100)
         pfs = [pybloom_live.BloomFilter.fromfile(io.BytesIO(x)) for x in pblobs]

@@ -55,7 +55,7 @@ from typing import Any
 
 import redis
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
 from bench.common import private_services, write_results
 from bench.stats_reference import (
@@ -249,7 +249,8 @@ def _topic_records(settings: Settings, prefix: str) -> dict[str, int]:
     if not tps:
         return {}
     out: dict[str, int] = defaultdict(int)
-    for tp, fut in admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=30).items():
+    for tp, fut in admin.list_offsets({tp: OffsetSpec.latest() for tp in tps},  # type: ignore[no-untyped-call]
+                                      request_timeout=30).items():
         out[tp.topic] += fut.result().offset
     return dict(out)
 

@@ -36,6 +36,7 @@ class WorkerProcess:
     def __init__(self, settings: Settings, log_path: Path | None = None, loglevel: str = "info",
                  args: tuple[str, ...] | None = None) -> None:
         self.settings = settings
+        self.loglevel = loglevel
         self.args = args or ("worker", "--loglevel", loglevel)
         self.log_path = log_path or settings.home / "logs" / f"{self.args[0]}.log"
         self._proc: subprocess.Popen[bytes] | None = None
