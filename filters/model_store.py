@@ -14,7 +14,6 @@ resolved the pointer reads one version throughout.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -72,13 +71,6 @@ class ModelStore:
     def vector_key(self, item_id: str, version: str) -> str:
         """The hash holding ``item_id``'s item vector under ``version``."""
         return self.keys.item_vectors(self.keys.shard("item", item_id), version)
-
-    def embeddings(self, kind: Literal["user", "item"], ids: Sequence[str], version: str) -> list[bytes | None]:
-        """Raw embeddings of ``ids`` (None: no own row published) in one pipelined round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for entity_id in ids:
-            pipe.hget(self.embedding_key(kind, entity_id, version), entity_id)
-        return list(pipe.execute())
 
     def all_rows(self, kind: Literal["user", "item", "vector"], version: str) -> dict[str, np.ndarray]:
         """Every published row of one kind under ``version`` (``vector`` = item vectors); one HGETALL per

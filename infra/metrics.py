@@ -185,7 +185,15 @@ def render() -> bytes:
     return generate_latest(REGISTRY)
 
 
-def serve(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose ``/metrics`` on ``addr:port`` from a background thread; port 0 means no endpoint."""
-    if port:
+def serve(port: int, setting: str, addr: str = "127.0.0.1") -> None:
+    """Expose ``/metrics`` on ``addr:port`` from a background thread; port 0 means no endpoint. A port in
+    use is one :class:`~infra.errors.InfraError` naming ``setting`` (the env var or option that sets it)."""
+    if not port:
+        return
+    try:
         start_http_server(port, addr=addr)
+    except OSError as exc:
+        from infra.errors import InfraError
+
+        msg = f"cannot serve /metrics on {addr}:{port} ({exc.strerror}); set {setting} to a free port (0 = none)"
+        raise InfraError(msg) from None

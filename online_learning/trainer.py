@@ -31,7 +31,7 @@ from filters.manifest import Manifest
 from filters.model_store import ModelStore
 from infra import metrics
 from infra.clock import Clock, now_ms
-from infra.errors import InfraError, ModelError
+from infra.errors import ModelError
 from infra.keys import trainer_seen
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
@@ -198,14 +198,7 @@ def run_trainer(settings: Settings, until_idle_s: float | None = None, metrics_l
     client = connect(settings.redis.effective_url)
     check_layout(client, settings.redis.shards)
     ensure_topics(settings)
-    port = settings.learning.metrics_port
-    if port:
-        try:
-            metrics.serve(port)
-        except OSError as exc:
-            msg = (f"cannot serve the trainer's /metrics on 127.0.0.1:{port} ({exc.strerror}): set "
-                   "RECSTREAM_LEARNING_METRICS_PORT to a free port (0 = none)")
-            raise InfraError(msg) from None
+    metrics.serve(settings.learning.metrics_port, "RECSTREAM_LEARNING_METRICS_PORT")
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))

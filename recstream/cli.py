@@ -53,7 +53,7 @@ def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool, 
     if serve_port is not None:
         from infra import metrics
 
-        metrics.serve(serve_port)
+        metrics.serve(serve_port, "--serve")
         watch = watch or 5.0
     while True:
         rows = probe.wait_until_caught_up(timeout) if until_caught_up else probe.read()
@@ -99,8 +99,7 @@ def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port
     from stream.producer import EventProducer
 
     settings = settings_from_context(ctx)
-    if metrics_port:
-        metrics.serve(metrics_port)
+    metrics.serve(metrics_port, "--metrics-port")
     probe = Canary(settings, FeatureClient(settings=settings))
     with EventProducer(settings) as producer:
         for k in itertools.count(1):

@@ -31,9 +31,10 @@ from infra.keys import LAYOUT_KEY, MODEL_CURRENT
 from infra.redis_client import unreachable
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
+from serving.gather import Op
 from serving.model import ModelReader, VersionParts
 from serving.recommend import Recommendation, Recommender, search_steps
-from serving.request import FeatureRequest, Features, FeatureSpec, Op, failed_ops
+from serving.request import FeatureRequest, Features, FeatureSpec, failed_ops
 from serving.sequences import CATEGORY_SCAN_LUA, Entry, SequenceReader, entries_of
 from serving.stats import EntityId, StatsMatrix, StatsReader
 

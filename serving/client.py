@@ -25,9 +25,10 @@ from infra.clock import Clock, now_ms
 from infra.redis_client import check_layout, unreachable, write_packed
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
+from serving.gather import Op
 from serving.model import ModelReader, UserVector
 from serving.recommend import Recommendation, Recommender
-from serving.request import FeatureRequest, Features, FeatureSpec, Op, raw_command, raw_reply
+from serving.request import FeatureRequest, Features, FeatureSpec, raw_command, raw_reply
 from serving.sequences import Entry, SequenceReader
 from serving.stats import EntityId, StatsMatrix, StatsReader
 

@@ -13,7 +13,7 @@ then the clicked items' rows — the second depends on the first).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ from filters.towers import TowerWeights, decode_weights, history_mean, scores, u
 from infra.errors import ModelError
 from infra.keys import MODEL_CURRENT, model_key
 from infra.settings import Settings
+from serving.gather import Gather
 from serving.sequences import SequenceReader, entries_of
 
 __all__ = ["ModelReader", "UserVector", "VersionParts"]
@@ -143,7 +144,7 @@ class ModelReader:
 
     def _rows(self, kind: Literal["user", "item"], ids: Sequence[str], version: str) -> np.ndarray:
         v = self._version(version)
-        raws = self.store.embeddings(kind, ids, version) if ids else []
+        raws = self._gather(ids, lambda i: self.store.embedding_key(kind, i, version))
         default = v.defaults[kind]
         if not raws:
             return np.zeros((0, default.shape[0]), np.float32)
@@ -172,7 +173,14 @@ class ModelReader:
         return out
 
     def _item_vectors(self, item_ids: Sequence[str], version: str) -> list[bytes | None]:
+        return self._gather(item_ids, lambda i: self.store.vector_key(i, version))
+
+    def _gather(self, ids: Sequence[str], key_of: Callable[[str], str]) -> list[Any]:
+        """One field per id, one ``HMGET`` per shard hash, in one round trip."""
+        if not ids:
+            return []
+        g = Gather(ids, key_of)
         pipe = self.store.redis.pipeline(transaction=False)
-        for item_id in item_ids:
-            pipe.hget(self.store.vector_key(item_id, version), item_id)
-        return list(pipe.execute()) if item_ids else []
+        for op in g.ops:
+            getattr(pipe, op.method)(*op.args)
+        return g.values(pipe.execute())

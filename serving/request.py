@@ -18,7 +18,7 @@ is at least this fresh), ``embeddings_ms`` the model manifest's last publish.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +33,12 @@ from filters.towers import history_mean, user_vectors
 from infra.errors import ModelError
 from infra.keys import MODEL_CURRENT, model_key, watermark
 from serving.exposure import ExposureReader, seen_in_hashes
+from serving.gather import Gather, Op
 from serving.model import ModelReader
 from serving.sequences import Entry, SequenceReader, entries_of
 from serving.stats import StatsMatrix, StatsReader
 
-__all__ = ["FeatureRequest", "FeatureSpec", "Features", "Gather", "Op", "failed_ops", "raw_command", "raw_reply"]
+__all__ = ["FeatureRequest", "FeatureSpec", "Features", "Op", "failed_ops", "raw_command", "raw_reply"]
 
 
 @dataclass(frozen=True)
@@ -70,44 +71,6 @@ class Features:
     model_version: str | None
     freshness: dict[str, int]  # "features_ms", "embeddings_ms"
     round_trips: int
-
-
-@dataclass(frozen=True)
-class Op:
-    """One pipeline call: ``getattr(pipe, method)(*args, **kwargs)``."""
-
-    method: str
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-
-class Gather:
-    """Hash fields of many ids spread over shard hashes, read with one ``HMGET`` per hash (at most one
-    per shard instead of one command per id: redis-py spends ~30 µs per command) and put back in order.
-
-    >>> g = Gather(["a", "b", "c"], lambda i: "k1" if i != "b" else "k2")
-    >>> [(op.method, op.args) for op in g.ops]
-    [('hmget', ('k1', ['a', 'c'])), ('hmget', ('k2', ['b']))]
-    >>> g.values([[1, 3], [2]])
-    [1, 2, 3]
-    """
-
-    def __init__(self, ids: Sequence[str], key_of: Callable[[str], str] | Sequence[str]) -> None:
-        self._n = len(ids)
-        keys = [key_of(i) for i in ids] if callable(key_of) else key_of  # or the keys, already computed
-        groups: dict[str, list[int]] = {}
-        for k, key in enumerate(keys):
-            groups.setdefault(key, []).append(k)
-        self._groups = list(groups.values())
-        self.ops = [Op("hmget", (key, [ids[k] for k in idx])) for key, idx in groups.items()]
-
-    def values(self, replies: Sequence[Sequence[Any]]) -> list[Any]:
-        """The field values in the order of the ids, from the replies of :attr:`ops`."""
-        out: list[Any] = [None] * self._n
-        for idx, vals in zip(self._groups, replies, strict=True):
-            for k, v in zip(idx, vals, strict=True):
-                out[k] = v
-        return out
 
 
 class FeatureRequest:

@@ -24,7 +24,6 @@ import redis
 from faust.types import TP, EventT
 
 from infra import metrics
-from infra.errors import InfraError
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
 from infra.topics import require_kafka
@@ -152,12 +151,6 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     sys.setswitchinterval(GIL_SWITCH_S)
     check_layout(connect(settings.redis.effective_url), settings.redis.shards, claim=True)
     require_kafka(settings)
-    port = settings.worker.metrics_port
-    try:
-        metrics.serve(port)
-    except OSError as exc:
-        msg = (f"cannot serve /metrics on 127.0.0.1:{port} ({exc.strerror}); another worker may have it: "
-               "set RECSTREAM_WORKER_METRICS_PORT to a free port (0 = no endpoint)")
-        raise InfraError(msg) from None
+    metrics.serve(settings.worker.metrics_port, "RECSTREAM_WORKER_METRICS_PORT")
     app = create_app(settings)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

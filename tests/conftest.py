@@ -89,6 +89,22 @@ def make_test_settings(home: Path, **overrides: object) -> Settings:
     return Settings(**fields)  # type: ignore[arg-type]
 
 
+def private_topics(settings: Settings, prefix: str, **sections: dict[str, object]) -> Settings:
+    """``settings`` with topics and consumer group of their own (``<prefix>-<kind>-<random>``) on the
+    session broker, plus any section overrides (``worker={"metrics_port": 0}``)."""
+    import uuid
+
+    tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    update: dict[str, object] = {
+        "kafka": settings.kafka.model_copy(update={"events_topic": f"{tag}-ev", "items_topic": f"{tag}-it",
+                                                   "dlq_topic": f"{tag}-dlq", "samples_topic": f"{tag}-sm"}),
+        "worker": settings.worker.model_copy(update={"app_id": tag, **sections.pop("worker", {})}),
+    }
+    for name, fields in sections.items():
+        update[name] = getattr(settings, name).model_copy(update=fields)
+    return settings.model_copy(update=update)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):

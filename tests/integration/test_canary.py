@@ -4,7 +4,6 @@ readable through the serving client in each family, and canary users never reach
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from serving.client import FeatureClient
 from stream.lag import LagProbe
 from stream.producer import EventProducer
 from stream.worker_process import WorkerProcess
-from tests.conftest import ServicePair
+from tests.conftest import ServicePair, private_topics
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +25,9 @@ pytestmark = pytest.mark.integration
 def test_every_partition_reports_freshness_and_no_sample(services: ServicePair, redis_client: redis.Redis,
                                                          tmp_path: Path) -> None:
     base = services.settings
-    tag = uuid.uuid4().hex[:8]
-    settings: Settings = base.model_copy(update={
-        "home": tmp_path,
-        "kafka": base.kafka.model_copy(update={"events_topic": f"cev-{tag}", "items_topic": f"cit-{tag}",
-                                               "dlq_topic": f"cdl-{tag}", "samples_topic": f"csm-{tag}"}),
-        "worker": base.worker.model_copy(update={"app_id": f"canary-{tag}", "metrics_port": 0}),
-        "join": base.join.model_copy(update={"windows_ms": {a: 1 for a in base.join.windows_ms}})})
+    settings: Settings = private_topics(base, "canary", worker={"metrics_port": 0},
+                                        join={"windows_ms": dict.fromkeys(base.join.windows_ms, 1)}
+                                        ).model_copy(update={"home": tmp_path})
     ensure_topics(settings)
     with WorkerProcess(settings, tmp_path / "worker.log"):
         LagProbe(settings).wait_until_caught_up(60)

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
@@ -16,7 +15,7 @@ from filters.events import Event
 from infra.settings import Settings, to_env
 from infra.topics import ensure_topics
 from stream.producer import EventProducer
-from tests.conftest import ServicePair, free_ports
+from tests.conftest import ServicePair, free_ports, private_topics
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +38,7 @@ def test_unreachable_kafka_is_one_error_line(kafka_service: ServicePair) -> None
 
 
 def test_offsets_and_seconds_per_partition(kafka_service: ServicePair) -> None:
-    base = kafka_service.settings
-    tag = uuid.uuid4().hex[:8]
-    settings = base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={"events_topic": f"lag-{tag}", "items_topic": f"lagi-{tag}",
-                                               "dlq_topic": f"lagd-{tag}", "samples_topic": f"lags-{tag}"}),
-        "worker": base.worker.model_copy(update={"app_id": f"lag-{tag}"}),
-        "producer": base.producer.model_copy(update={"batch_max_events": 1})})
+    settings = private_topics(kafka_service.settings, "lag", producer={"batch_max_events": 1})
     ensure_topics(settings)
     with EventProducer(settings) as producer:  # every event to one user: one partition behind, others idle
         for k in range(5):
@@ -69,13 +62,8 @@ def test_serve_exports_the_lag_of_a_group_whose_workers_are_down(kafka_service: 
     import re
     import urllib.request
 
-    base = kafka_service.settings
-    tag = uuid.uuid4().hex[:8]
-    settings = base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={"events_topic": f"lsv-{tag}", "items_topic": f"lsvi-{tag}",
-                                               "dlq_topic": f"lsvd-{tag}", "samples_topic": f"lsvs-{tag}"}),
-        "worker": base.worker.model_copy(update={"app_id": f"lsv-{tag}"}),
-        "producer": base.producer.model_copy(update={"batch_max_events": 1})})
+    settings = private_topics(kafka_service.settings, "lsv", producer={"batch_max_events": 1})
+    group, topic = settings.worker.app_id, settings.kafka.events_topic
     ensure_topics(settings)
     with EventProducer(settings) as producer:
         for k in range(3):
@@ -90,8 +78,8 @@ def test_serve_exports_the_lag_of_a_group_whose_workers_are_down(kafka_service: 
         while time.monotonic() < deadline and not found:
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-                found = re.findall(rf'^recstream_group_lag_messages\{{group="lsv-{tag}",partition="(\d+)",'
-                                   rf'topic="lsv-{tag}"\}} 3\.0$', text, re.M)
+                found = re.findall(rf'^recstream_group_lag_messages\{{group="{group}",partition="(\d+)",'
+                                   rf'topic="{topic}"\}} 3\.0$', text, re.M)
             except OSError:
                 pass
             time.sleep(0.5)

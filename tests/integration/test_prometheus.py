@@ -63,7 +63,6 @@ def test_a_stopped_worker_raises_the_lag_alert_and_a_restart_clears_it(services:
     import os
     import subprocess
     import sys
-    import uuid
 
     from filters.events import Event
     from infra.settings import to_env
@@ -71,18 +70,14 @@ def test_a_stopped_worker_raises_the_lag_alert_and_a_restart_clears_it(services:
     from stream.lag import LagProbe
     from stream.producer import EventProducer
     from stream.worker_process import WorkerProcess
+    from tests.conftest import private_topics
 
     base: Settings = services.settings  # type: ignore[attr-defined]
-    tag = uuid.uuid4().hex[:8]
     exporter, prom_port = free_ports(2)
-    settings = base.model_copy(update={
-        "home": tmp_path,
-        "kafka": base.kafka.model_copy(update={"events_topic": f"pev-{tag}", "items_topic": f"pit-{tag}",
-                                               "dlq_topic": f"pdl-{tag}", "samples_topic": f"psm-{tag}"}),
-        "worker": base.worker.model_copy(update={"app_id": f"prom-{tag}", "metrics_port": 0}),
-        "learning": base.learning.model_copy(update={"metrics_port": 0}),
-        "serving": base.serving.model_copy(update={"port": free_ports(1)[0]}),
-        "monitoring": base.monitoring.model_copy(update={"prometheus_port": prom_port, "scrape_interval_s": 1})})
+    settings = private_topics(base, "prom", worker={"metrics_port": 0}, learning={"metrics_port": 0},
+                              serving={"port": free_ports(1)[0]},
+                              monitoring={"prometheus_port": prom_port, "scrape_interval_s": 1},
+                              ).model_copy(update={"home": tmp_path})
     ensure_topics(settings)
     rules = tmp_path / "alerts.yml"
     rules.write_text(prometheus_server.RULES.read_text().replace(
