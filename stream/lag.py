@@ -16,8 +16,10 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from infra import metrics
@@ -77,6 +79,16 @@ def caught_up(rows: list[LagRow], targets: Mapping[TP, int]) -> bool:
     return all(r.committed >= targets.get((r.topic, r.partition), r.end) for r in rows)
 
 
+_COORDINATOR_BUSY = frozenset({ConfluentError.COORDINATOR_LOAD_IN_PROGRESS, ConfluentError.COORDINATOR_NOT_AVAILABLE,
+                               ConfluentError.NOT_COORDINATOR})
+
+
+def _transient(exc: KafkaException) -> bool:
+    """Whether asking again shortly may succeed (a coordinator still loading after a broker start)."""
+    err = exc.args[0]
+    return bool(err.retriable() or err.code() in _COORDINATOR_BUSY)
+
+
 class LagProbe:
     """Reads committed and end offsets of the app's consumer group from the broker."""
 
@@ -106,19 +118,29 @@ class LagProbe:
     def read(self, timeout: float = 10.0) -> list[LagRow]:
         """One snapshot of the group's lag on every partition of the app's topics."""
         tps = self._partitions(timeout)
-        try:
-            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-            ends_f = self._admin.list_offsets({tp: latest for tp in tps}, request_timeout=timeout)
-            ends = {(tp.topic, tp.partition): f.result().offset for tp, f in ends_f.items()}
-            req = [ConsumerGroupTopicPartitions(self.group, tps)]
-            result = self._admin.list_consumer_group_offsets(req, request_timeout=timeout)[self.group].result()
-        except KafkaException as exc:
-            msg = f"cannot read offsets of group {self.group!r}: {exc}"
-            raise KafkaError(msg) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ends, result = self._offsets(tps, timeout)
+                break
+            except KafkaException as exc:
+                # e.g. COORDINATOR_LOAD_IN_PROGRESS just after the broker started: ask again
+                if _transient(exc) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                msg = f"cannot read offsets of group {self.group!r}: {exc}"
+                raise KafkaError(msg) from None
         committed = {
             (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions
         }
         return lag_rows(committed, ends, self.group)
+
+    def _offsets(self, tps: list[TopicPartition], timeout: float) -> tuple[dict[TP, int], Any]:
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        ends_f = self._admin.list_offsets({tp: latest for tp in tps}, request_timeout=timeout)
+        ends = {(tp.topic, tp.partition): f.result().offset for tp, f in ends_f.items()}
+        req = [ConsumerGroupTopicPartitions(self.group, tps)]
+        return ends, self._admin.list_consumer_group_offsets(req, request_timeout=timeout)[self.group].result()
 
     def with_seconds(self, rows: list[LagRow], now_ms: int, timeout: float = 5.0) -> list[LagRow]:
         """The rows with ``lag_s``: now minus the timestamp of the first unprocessed record of each

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
-from stream.lag import caught_up, lag_rows
+from stream.lag import _transient, caught_up, lag_rows
 from stream.watermarks import NO_TS, PartitionClock
 
 
@@ -53,3 +54,13 @@ def test_lag_rows_and_caught_up() -> None:
     assert [r.lag for r in rows] == [0, 4, 0]
     assert not caught_up(rows, {})
     assert caught_up(rows, {("a", 1): 0})
+
+
+@pytest.mark.parametrize(("code", "retriable", "transient"), [
+    (KafkaError.COORDINATOR_LOAD_IN_PROGRESS, False, True),  # a broker that just started
+    (KafkaError.NOT_COORDINATOR, False, True),
+    (KafkaError._TRANSPORT, True, True),
+    (KafkaError.GROUP_AUTHORIZATION_FAILED, False, False),
+])
+def test_only_transient_offset_errors_are_asked_again(code: int, retriable: bool, transient: bool) -> None:
+    assert _transient(KafkaException(KafkaError(code, retriable=retriable))) is transient
