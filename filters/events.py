@@ -141,6 +141,10 @@ CANARY_PREFIX = "__canary__"
 user, so their freshness can be read back, but the label join never samples them (no training data)."""
 
 
+CANARY_FAMILIES = ("exposure", "last_n", "stats", "samples", "embeddings")
+"""The feature families ``recstream canary`` measures produce → readable for (docs/operations.md)."""
+
+
 def is_canary(user_id: str) -> bool:
     """True for a canary user id.
 

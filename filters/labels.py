@@ -16,7 +16,9 @@ watermark; both append to a :class:`JoinOutput`. The rules (docs/samples.md):
   probability ``alpha``, decided by a stable hash of the sample id); a click emits a ``positive`` sample
   at once (one per impression);
 - ``history`` is the user's clicks delivered earlier in partition order, the newest ``click_capacity``
-  kept (as in the click sequence), those with ``ts < impression.ts``, newest first, at most ``history``.
+  kept (as in the click sequence), those with ``ts < impression.ts``, newest first, at most ``history``;
+- a freshness canary's click (:data:`filters.events.CANARY_PREFIX`) joins nothing: it passes through as
+  one ``canary`` record (a heartbeat that training skips), and its ts moves the watermark like any event.
 
 Everything depends on partition order and event time only, so a replay re-derives the same samples.
 
@@ -49,7 +51,7 @@ from filters.events import ACTIONS, CANARY_PREFIX, Event
 from infra.settings import Settings
 
 __all__ = ["Arrival", "JoinConfig", "JoinOutput", "PartitionJoin", "Sample", "UserJoin", "calibrate",
-           "keeps", "sample_id"]
+           "canary_record", "keeps", "sample_id"]
 
 SAMPLE_ID_VERSION = 1
 _SEED = 0x5A3D1E  # fixed: sample ids and the downsampling decision are stable across processes and versions
@@ -70,6 +72,17 @@ def sample_id(kind: str, impression_event_id: str) -> str:
     """
     h = mmh3.hash128(f"{kind}\0{impression_event_id}", _SEED, signed=False)
     return f"s{SAMPLE_ID_VERSION}-{h:032x}"
+
+
+def canary_record(ev: Event) -> Sample:
+    """The ``canary`` record a canary click passes through as (``recstream canary`` reads it back).
+
+    >>> canary_record(Event(event_id="c1", type="click", user_id="__canary__.0.0", item_id="x", ts=5)).kind
+    'canary'
+    """
+    return Sample(kind="canary", sample_id=sample_id("canary", ev.event_id), user_id=ev.user_id,
+                  item_id=ev.item_id, request_id=ev.request_id, impression_ts=ev.ts, ts=ev.ts, category=None,
+                  author_id=None, history=[], alpha=1.0)
 
 
 def keeps(sid: str, alpha: float) -> bool:
@@ -142,7 +155,7 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True):
     """One record of the samples topic (docs/samples.md); ``labels`` and ``position`` are null on
     positives (``position`` also when the impression carried none)."""
 
-    kind: Literal["positive", "impression"]
+    kind: Literal["positive", "impression", "canary"]
     sample_id: str
     user_id: str
     item_id: str
@@ -249,7 +262,10 @@ class PartitionJoin:
         for a in arrivals:
             ev = a.event
             if ev.user_id.startswith(CANARY_PREFIX):
-                continue  # freshness canaries never become samples
+                if ev.type == "click" and not a.log_only:
+                    out.samples.append(canary_record(ev))
+                    out.counts[("samples", "canary", "heartbeat")] += 1
+                continue  # freshness canaries never become training samples
             state = users.get(ev.user_id)
             if state is None:  # one idle-check entry per user, pushed again while the user is active
                 state = users[ev.user_id] = UserJoin()

@@ -37,6 +37,9 @@ class Manifest(msgspec.Struct, kw_only=True):
     publishes: int = 0
     samples_seen: int = 0  # positives trained into this version (full update + incremental)
     newest_event_ms: int = 0  # the newest sample ts trained into it (event time)
+    # samples partition -> the newest record ts read from it before this publish (canary heartbeats included):
+    # everything that partition carried up to that event time is in this version
+    through_ms: dict[int, int] = msgspec.field(default_factory=dict)
     user_rows: int = 0
     item_rows: int = 0
     evaluation: dict[str, float | None] = msgspec.field(default_factory=dict)

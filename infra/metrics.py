@@ -145,7 +145,7 @@ CANARY_MISSES = Counter(
 # --- trainer (online learning) ---------------------------------------------------------------------
 TRAINER_SAMPLES = Counter(
     "recstream_trainer_samples", "Samples read by the trainer, by kind and what happened to them",
-    ["kind", "outcome"],  # outcome: trained, evaluated, duplicate, invalid
+    ["kind", "outcome"],  # outcome: trained, evaluated, duplicate, invalid, heartbeat (kind canary)
 )
 TRAINER_LOSS = Gauge("recstream_trainer_loss", "In-batch softmax loss of the last training step")
 TRAINER_PUBLISH_SECONDS = Histogram(

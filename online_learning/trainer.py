@@ -67,6 +67,7 @@ class Trainer:
         self.evaluation = Prequential(self.cfg.eval_window)
         self.log = MetricsLog(metrics_log) if metrics_log else None
         self.offsets: dict[int, int] = {}
+        self.through: dict[int, int] = dict(self.manifest.through_ms)  # partition -> newest record ts read
         self.buffer: list[Sample] = []  # positives waiting for a full training batch
         self.impressions: list[Sample] = []  # impression samples waiting to be scored
         self.last_publish = clock()
@@ -91,6 +92,11 @@ class Trainer:
                 sample = _decode(rec.value)
             except msgspec.DecodeError:
                 metrics.TRAINER_SAMPLES.labels(kind="unknown", outcome="invalid").inc()
+                continue
+            if sample.ts > self.through.get(rec.partition, 0):
+                self.through[rec.partition] = sample.ts
+            if sample.kind == "canary":  # a freshness heartbeat: counted in ``through``, never trained
+                metrics.TRAINER_SAMPLES.labels(kind="canary", outcome="heartbeat").inc()
                 continue
             if not self.dedup.fresh(sample.sample_id, sample.ts):
                 metrics.TRAINER_SAMPLES.labels(kind=sample.kind, outcome="duplicate").inc()
@@ -151,7 +157,7 @@ class Trainer:
         t = self.learner.tables
         return msgspec.structs.replace(
             self.manifest, last_publish_ms=self.clock(), publishes=self.manifest.publishes + 1,
-            samples_seen=self.learner.trained, newest_event_ms=self.learner.newest_ts,
+            samples_seen=self.learner.trained, newest_event_ms=self.learner.newest_ts, through_ms=dict(self.through),
             user_rows=len(t.users), item_rows=len(t.items), evaluation=self.evaluation.snapshot())
 
     def _drop_old_seen(self) -> None:

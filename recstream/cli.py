@@ -6,8 +6,12 @@ non-zero exit code — never a stack trace.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from filters.events import CANARY_FAMILIES
+from infra.errors import InputError
 from recstream.cli_support import friendly_errors, settings_from_context
 
 
@@ -73,24 +77,34 @@ def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool, 
 @click.option("--items", default=5000, show_default=True)
 @click.option("--days", default=3, show_default=True)
 @click.option("--events", default=100_000, show_default=True, help="Approximate number of events.")
+@click.option("--rate", default=5000.0, show_default=True, help="Events/s of the live phase.")
+@click.option("--live-seconds", "live_s", default=30.0, show_default=True, help="Length of the live phase.")
 @click.pass_context
 @friendly_errors
-def demo(ctx: click.Context, users: int, items: int, days: int, events: int) -> None:
+def demo(ctx: click.Context, users: int, items: int, days: int, events: int, rate: float, live_s: float) -> None:
     """Run everything end to end on this machine, print what flowed, stop cleanly."""
     from recstream.demo import run_demo
 
-    run_demo(settings_from_context(ctx), users=users, items=items, days=days, events=events)
+    run_demo(settings_from_context(ctx), users=users, items=items, days=days, events=events, rate=rate,
+             live_s=live_s)
 
 
 @main.command()
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
 @click.option("--rounds", type=int, default=None, help="Stop after this many rounds (default: run until Ctrl-C).")
 @click.option("--metrics-port", type=int, default=9110, show_default=True, help="/metrics port (0 = none).")
+@click.option("--families", default=",".join(CANARY_FAMILIES), show_default=True,
+              help="Comma-separated families to probe (embeddings only while a model version is current).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds before a probe is a miss.")
+@click.option("--log-json", "log_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append each round's delays as one JSON line to this file.")
 @click.pass_context
 @friendly_errors
-def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port: int) -> None:
-    """Produce a canary click per partition every few seconds; measure produce → readable per family."""
+def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port: int, families: str,
+           timeout: float, log_json: Path | None) -> None:
+    """Produce canary events per partition every few seconds; measure produce → readable per family."""
     import itertools
+    import json
     import time
 
     from infra import metrics
@@ -98,18 +112,31 @@ def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port
     from serving.client import FeatureClient
     from stream.producer import EventProducer
 
+    chosen = [f.strip() for f in families.split(",") if f.strip()]
+    unknown = sorted(set(chosen) - set(CANARY_FAMILIES))
+    if unknown or not chosen:
+        msg = f"--families: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CANARY_FAMILIES)}"
+        raise InputError(msg)
     settings = settings_from_context(ctx)
     metrics.serve(metrics_port, "--metrics-port")
-    probe = Canary(settings, FeatureClient(settings=settings))
-    with EventProducer(settings) as producer:
-        for k in itertools.count(1):
-            delays = probe.round(producer)
-            line = ", ".join(f"{f} p50 {sorted(d)[len(d) // 2]:.2f} s" if d else f"{f} missed"
-                             for f, d in delays.items())
-            click.echo(f"round {k}: {line}")
-            if rounds is not None and k >= rounds:
-                return
-            time.sleep(interval)
+    probe = Canary(settings, FeatureClient(settings=settings), timeout_s=timeout, interval_s=interval,
+                   families=chosen)
+    try:
+        with EventProducer(settings) as producer:
+            for k in itertools.count(1):
+                delays = probe.round(producer)
+                if log_json is not None:
+                    with log_json.open("a") as out:
+                        out.write(json.dumps({"round": k, "wall_ms": int(time.time() * 1000), "delays_s": delays,
+                                              "partitions": settings.kafka.partitions}) + "\n")
+                line = ", ".join(f"{f} p50 {sorted(d)[len(d) // 2]:.2f} s" if d else f"{f} missed"
+                                 for f, d in delays.items())
+                click.echo(f"round {k}: {line}")
+                if rounds is not None and k >= rounds:
+                    return
+                time.sleep(interval)
+    finally:
+        probe.close()
 
 
 BENCHMARKS = {

@@ -3,7 +3,9 @@
 Infra up (a private data home: ``<home>/demo``) → worker → synthetic data generated and replayed
 (item metadata, events with duplicates and late arrivals, a few invalid messages) → wait until caught
 up → print what flowed: throughput, dead letters, freshness (a new click is readable within …), and
-the features of a sample user and item as retrieval and ranking would read them → stop cleanly.
+the features of a sample user and item as retrieval and ranking would read them → live traffic at a fixed
+rate while ``recstream canary`` measures produce → readable per feature family (p50 / p99) → stop cleanly.
+The trainer runs beside the worker throughout, so the embeddings family is measured too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from filters.events import Event
 from infra import services
 from infra.settings import Settings
 from infra.topics import ensure_topics
+from recstream.demo_live import LiveResult, run_live
 from recstream.generate import GeneratorConfig, write_dataset
 from recstream.sources import read_jsonl_items, read_jsonl_valid
 from serving.client import FeatureClient
@@ -93,7 +96,8 @@ def _metrics_excerpt(port: int) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(wanted)]
 
 
-def run_demo(base: Settings, users: int, items: int, days: int, events: int) -> None:
+def run_demo(base: Settings, users: int, items: int, days: int, events: int, rate: float = 5000.0,
+             live_s: float = 30.0) -> None:
     """Run the demo end to end; raises a RecstreamError subclass on failure (the CLI prints it)."""
     settings = demo_settings(base)
     logging.getLogger("stream.producer").setLevel(logging.ERROR)  # transient librdkafka retries stay quiet
@@ -110,7 +114,9 @@ def run_demo(base: Settings, users: int, items: int, days: int, events: int) -> 
         config = GeneratorConfig(users=users, items=items, days=days, events=events, seed=7,
                                  start_ms=end_ms - days * DAY_MS)
         write_dataset(config, data_dir)
-        with WorkerProcess(settings, settings.home / "logs" / "worker.log"):
+        logs = settings.home / "logs"
+        with WorkerProcess(settings, logs / "worker.log"), WorkerProcess(settings, logs / "trainer.log",
+                                                                         args=("trainer",)):
             _section("replay into Kafka while the worker consumes")
             sent, produce_s, user, item = _produce(settings, data_dir)
             click.echo(f"  produced {sent} events (+{len(INVALID_SAMPLES)} invalid) in {produce_s:.1f} s")
@@ -123,11 +129,23 @@ def run_demo(base: Settings, users: int, items: int, days: int, events: int) -> 
             fresh = _freshness(settings, client, user)
             _section("freshness")
             click.echo(f"  a new click was served {fresh * 1000:.0f} ms after it was produced")
+            _section(f"live traffic: {rate:,.0f} events/s for {live_s:.0f} s, a canary per partition every second")
+            live = run_live(settings, users, items, rate, live_s, logs)
+            click.echo(f"  sent {live.sent:,} events at {live.rate:,.0f} events/s (event time = wall clock)")
+            _print_freshness(live)
             _section("worker metrics (Prometheus /metrics)")
             for line in _metrics_excerpt(settings.worker.metrics_port):
                 click.echo("  " + line)
         _section("infra down")
     click.echo("demo finished: everything stopped.")
+
+
+def _print_freshness(live: LiveResult) -> None:
+    click.echo(f"  {'family':<11} {'probes':>6} {'p50 ms':>7} {'p99 ms':>7} {'misses':>6}   (produce -> readable)")
+    for family, f in live.freshness.items():
+        click.echo(f"  {family:<11} {f.probes:>6} {f.p50_s * 1000:>7.0f} {f.p99_s * 1000:>7.0f} {f.misses:>6}")
+    if not live.freshness:
+        click.echo("  (the canary finished no round while the traffic ran; see logs/canary.log)")
 
 
 def _show_features(settings: Settings, client: FeatureClient, user: str, item: str) -> None:

@@ -52,6 +52,11 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _wanted(s: Sample, kind: str | None) -> bool:
+    """A sample of ``kind`` (any training kind when None); canary heartbeats are never shown or exported."""
+    return s.kind == kind if kind is not None else s.kind != "canary"
+
+
 def format_line(s: Sample) -> str:
     """One compact human line: impression time, kind, user, item, labels set (or ``-``), history length."""
     labels = ",".join(a for a, v in (s.labels or {}).items() if v) or "-"
@@ -90,7 +95,7 @@ def newest_samples(read: Callable[[int], list[TopicRecord]], n: int,
     while True:
         records = read(k)
         decoded = [_decode(r) for r in records]
-        hits = [i for i, s in enumerate(decoded) if s is not None and (kind is None or s.kind == kind)][-n:]
+        hits = [i for i, s in enumerate(decoded) if s is not None and _wanted(s, kind)][-n:]
         full = len(hits) == n
         if (not records or (full and _covered(records, k, records[hits[0]].timestamp_ms))
                 or k >= _TAIL_MAX_PER_PARTITION or _covered(records, k, -1)):
@@ -138,7 +143,7 @@ def _write_jsonl(records: Iterable[TopicRecord], out: BinaryIO, kind: str | None
         if s is None:
             bad += 1
             continue
-        if kind is None or s.kind == kind:
+        if _wanted(s, kind):
             out.write(_encoder.encode(s) + b"\n")
             written += 1
     return written, bad

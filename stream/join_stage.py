@@ -97,6 +97,7 @@ class JoinStage:
         self._ttl_ms = settings.kafka.retention_ms + settings.bloom.safety_ttl_days * MS_PER_DAY
         self._parts: dict[int, _Partition] = {}
         self._delay = {kind: metrics.JOIN_EMIT_DELAY.labels(kind=kind) for kind in ("positive", "impression")}
+        self._delay["canary"] = metrics.JOIN_EMIT_DELAY.labels(kind="canary")
 
     def run(self, firsts: Mapping[int, Sequence[tuple[Delivery, bool]]], clocks: Mapping[int, PartitionClock],
             persisted: Mapping[int, Position]) -> Callable[[], None]:

@@ -11,7 +11,10 @@ import msgspec
 import pytest
 import redis
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 
+from filters.events import Event
+from filters.labels import canary_record
 from filters.model_store import ModelStore
 from infra.settings import Settings
 from online_learning.source import SampleRecord
@@ -93,3 +96,26 @@ def test_trainer_restarts_its_chain_from_a_new_full_version(settings: Settings, 
     assert trainer.version == "v000002"
     assert trainer.learner.model.dense_checksum() == ModelStore(client, settings.redis.shards).manifest(
         "v000002").dense_checksum
+
+
+def _trainer_samples(kind: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value("recstream_trainer_samples_total", {"kind": kind, "outcome": outcome})
+    return value or 0.0
+
+
+def test_canary_heartbeats_are_never_trained_but_move_the_published_through_time(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis.effective_url)
+    positives = stream(300, seed=23)
+    newest = positives[-1].ts
+    beat = canary_record(Event(event_id="c1", type="click", user_id="__canary__.0.0", item_id="x", ts=newest + 5))
+    source = _Source([msgspec.json.encode(s) for s in [*positives, beat, beat]])
+    trainer = Trainer(settings, client, source)  # type: ignore[arg-type]
+    before = {(k, o): _trainer_samples(k, o) for k, o in (("canary", "heartbeat"), ("impression", "evaluated"))}
+    trainer.handle(source.poll(1000, 0))
+    trainer.publish()
+    assert _trainer_samples("canary", "heartbeat") == before["canary", "heartbeat"] + 2  # both, no dedup
+    assert _trainer_samples("impression", "evaluated") == before["impression", "evaluated"]
+    manifest = ModelStore(client, settings.redis.shards).manifest(trainer.version)
+    assert manifest.samples_seen == trainer.learner.trained == len(positives)
+    assert manifest.through_ms == {0: newest + 5} and manifest.newest_event_ms == newest
+    assert source.committed == {0: len(positives) + 2}

@@ -112,6 +112,7 @@ def test_export_writes_exactly_the_window(settings: Settings, tmp_path: Path) ->
     since = now_ms()
     inside = produce(settings, [make_sample(10 + i, "positive" if i % 2 else "impression", f"u{i}")
                                 for i in range(6)])
+    produce(settings, [make_sample(30, "canary", "__canary__.0.0")])  # a heartbeat: never exported
     bad = produce(settings, [b"not json at all"])
     until = now_ms() + 1
     time.sleep(0.02)

@@ -124,12 +124,16 @@ def test_windows_must_name_every_action() -> None:
         JoinConfig(WINDOWS, idle_user_ms=1)
 
 
-@pytest.mark.parametrize(("user", "samples"), [("u1", 2), ("__canary__.3.0", 0)])
-def test_canary_users_never_become_samples(user: str, samples: int) -> None:
+@pytest.mark.parametrize(("user", "kinds"), [("u1", ["positive", "impression"]), ("__canary__.3.0", ["canary"])])
+def test_canary_users_never_become_training_samples(user: str, kinds: list[str]) -> None:
+    """A canary's impression joins nothing and its click passes through as one heartbeat record."""
     join, out = PartitionJoin(JoinConfig(WINDOWS)), JoinOutput()
     join.add([Arrival(Event(event_id="i1", type="impression", user_id=user, item_id="x", ts=1_000, request_id="r"),
                       0),
               Arrival(Event(event_id="c1", type="click", user_id=user, item_id="x", ts=2_000, request_id="r"),
-                      0)], out)
+                      0),
+              Arrival(Event(event_id="c1", type="click", user_id=user, item_id="x", ts=2_000, request_id="r"),
+                      0, log_only=True)], out)
     join.close(10**12, out)
-    assert len(out.samples) == samples
+    assert [s.kind for s in out.samples] == kinds
+    assert not join.users or user == "u1"  # no join state for canaries
