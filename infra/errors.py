@@ -35,6 +35,11 @@ class StateError(RecstreamError):
     """Feature state in Redis is missing, corrupt, or of an incompatible layout version."""
 
 
+class RedisRollbackError(StateError):
+    """Redis went back in time under a running worker (it lost acknowledged writes): the worker stops, and
+    its restart resumes from the offsets Redis says were applied (stream.resume)."""
+
+
 class InputError(RecstreamError):
     """A user-supplied input file or argument is unusable (missing file, unknown format, bad line)."""
 

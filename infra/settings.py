@@ -113,6 +113,15 @@ class WorkerSettings(_Section):
     )
     metrics_port: int = Field(9108, ge=0, le=65535, description="0 = no /metrics endpoint")
     web_port: int = Field(6066, ge=1, le=65535)
+    session_timeout_s: float = Field(
+        10.0, ge=6, le=300, description="Kafka group session timeout: how long a SIGKILLed worker keeps its "
+        "partitions before the group hands them to the others (heartbeats every 3 s)")
+    max_future_ms: int = Field(
+        MS_PER_HOUR, ge=0, description="an event whose ts is this far ahead of its Kafka record's timestamp is "
+        "dead-lettered (future_ts); 0 = off")
+    max_age_ms: int = Field(
+        31 * MS_PER_DAY, ge=0, description="an event this far behind the newest event time of its partition is "
+        "beyond every feature horizon and dead-lettered (too_old); 0 = off")
     store: str = "memory://"
 
 
@@ -280,6 +289,15 @@ class Settings(BaseSettings):
     learning: LearningSettings = LearningSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+
+    @model_validator(mode="after")
+    def _horizons(self) -> Settings:
+        horizon = max(self.bloom.retention_days * MS_PER_DAY, 30 * MS_PER_DAY)  # the 30d window is the longest
+        if self.worker.max_age_ms and self.worker.max_age_ms < horizon:
+            msg = (f"worker.max_age_ms ({self.worker.max_age_ms}) must cover the longest feature horizon "
+                   f"({horizon} ms: bloom.retention_days and the 30d window), or be 0 (off)")
+            raise ValueError(msg)
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -6,7 +6,9 @@ batches with ``take_events(n, within=…)`` (``take`` without ``within`` can sta
 committed in one order: its Redis writes (user, item and author shards), then its dead letters (awaited
 until the broker acknowledged them), then its event-time clocks, and only then — after the iteration
 that took the batch has finished — Faust commits the source offsets. A crash anywhere replays the batch
-into a guard that makes the replay a no-op, and a dead-lettered message is never lost.
+into a guard that makes the replay a no-op, and a dead-lettered message is never lost. Before Faust
+starts, the group is moved back to the offsets Redis says were applied where Kafka committed beyond them
+(:mod:`stream.resume`); a Redis that goes back in time under a running worker stops it with exit code 75.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,14 +27,17 @@ import redis
 from faust.types import TP, EventT
 
 from infra import metrics
+from infra.errors import RedisRollbackError
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
 from infra.topics import require_kafka
 from stream.ingest import IngestStage, ItemMetaStage, Record, StageOutput
 from stream.lag import partition_lag
+from stream.resume import reconcile
 
 log = logging.getLogger(__name__)
 GIL_SWITCH_S = 0.0005
+ROLLBACK_EXIT = 75  # EX_TEMPFAIL: Redis lost acknowledged writes under the worker; start it again
 T = TypeVar("T")
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
@@ -40,7 +46,7 @@ def _records(events: Sequence[EventT[bytes]]) -> list[Record]:
     out = []
     for event in events:
         msg = event.message
-        out.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+        out.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, int(msg.timestamp * 1000)))
     return out
 
 
@@ -90,6 +96,7 @@ def create_app(settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=worker.session_timeout_s,
         stream_wait_empty=False,
         web_enabled=False,
         web_port=worker.web_port,
@@ -112,7 +119,12 @@ def create_app(settings: Settings) -> faust.App:
             records = _records(events)
             started = time.perf_counter()
             async with lock:
-                out: StageOutput = await _retry_redis(agent_name, functools.partial(stage.process, records))
+                try:
+                    out: StageOutput = await _retry_redis(agent_name, functools.partial(stage.process, records))
+                except RedisRollbackError as exc:
+                    log.error("%s: %s", agent_name, exc)
+                    logging.shutdown()
+                    os._exit(ROLLBACK_EXIT)  # no commit, no flush: the restart resumes from Redis's offsets
                 await emit(out)
                 await _retry_redis(agent_name, out.commit)
             metrics.BATCH_SIZE.labels(agent=agent_name).observe(len(records))
@@ -149,8 +161,10 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     # the Redis I/O thread needs the GIL for every reply it reads while the stage thread prepares the next
     # chunk: hand the GIL over every 0.5 ms instead of every 5 ms, or Redis idles between pipelines
     sys.setswitchinterval(GIL_SWITCH_S)
-    check_layout(connect(settings.redis.effective_url), settings.redis.shards, claim=True)
+    client = connect(settings.redis.effective_url)
+    check_layout(client, settings.redis.shards, claim=True)
     require_kafka(settings)
+    reconcile(settings, client)  # resume from what Redis applied, not from Kafka's commits
     metrics.serve(settings.worker.metrics_port, "RECSTREAM_WORKER_METRICS_PORT")
     app = create_app(settings)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

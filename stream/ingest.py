@@ -17,6 +17,7 @@ the offsets: Redis → dead letters and samples → join checkpoint → watermar
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -29,13 +30,13 @@ import redis
 from filters.events import Event, decode_item, decode_record, record_elements
 from infra import metrics
 from infra.clock import Clock, now_ms
-from infra.errors import EventValidationError
-from infra.keys import KeyLayout
+from infra.errors import EventValidationError, RedisRollbackError
+from infra.keys import KeyLayout, watermark
 from infra.settings import Settings
 from stream.batching import KeyPartitioner
 from stream.deliveries import Delivery
 from stream.join_stage import JoinStage, KafkaSampleSink, SampleSink
-from stream.watermarks import WatermarkStore
+from stream.watermarks import NO_TS, PartitionClock, WatermarkStore
 from stream.write_plan import Prepared, split_batch
 from stream.writers import EntityBatchWriter, UserBatchWriter
 
@@ -49,6 +50,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int = 0  # the record's Kafka timestamp (0 = unknown: no future_ts check)
 
 
 @dataclass(frozen=True)
@@ -165,14 +167,18 @@ class IngestStage:
         self._entities = EntityBatchWriter(client, settings)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-redis")
         self._partition_of = KeyPartitioner(settings.kafka.partitions)
+        self._saved_next: dict[int, int] = {}  # partition -> the next_offset this process last saved
 
     def process(self, records: Sequence[Record]) -> StageOutput:
         """Apply one batch (any mix of partitions, each in offset order) and return what to send."""
         out = StageOutput()
         valid = decode_batch(records, self._partition_of, out)
+        clocks = self._clocks.load({rec.partition for rec in records})
+        self._check_not_rolled_back(clocks)
         if not valid:
+            self._advance(clocks, records)
+            out.commit = functools.partial(self._save, clocks)
             return out
-        clocks = self._clocks.load(rec.partition for rec, _, _ in valid)
         persisted = {p: (c.offset, c.index) for p, c in clocks.items()}
         meta = self._item_meta(ev for _, _, ev in valid if ev.category is None or ev.author_id is None)
         batch: dict[int, list[Delivery]] = defaultdict(list)
@@ -180,6 +186,8 @@ class IngestStage:
             clock = clocks[rec.partition]
             if clock.covers(rec.offset, index):
                 continue  # applied (user, item and author shards) and inside the persisted clock before a crash
+            if self._out_of_range(rec, index, ev, clock, out):
+                continue
             watermark = clock.watermark
             late = clock.observe(ev.ts, rec.offset, index)
             category, author = ev.category, ev.author_id
@@ -191,18 +199,56 @@ class IngestStage:
         started = time.perf_counter()
         joined = self._write(batch, {p: c.watermark for p, c in clocks.items()})
         metrics.WRITE_SECONDS.labels(stage="ingest").observe(time.perf_counter() - started)
+        self._advance(clocks, records)
         if self._join is None:
-            out.commit = lambda: self._clocks.save(clocks)
+            out.commit = functools.partial(self._save, clocks)
         else:
             commit_join = self._join.run(joined, clocks, persisted)
 
             def commit() -> None:
                 commit_join()
-                self._clocks.save(clocks)
+                self._save(clocks)
 
             out.commit = commit
         self._observe_processed(ev for _, _, ev in valid)
         return out
+
+    def _out_of_range(self, rec: Record, index: int, ev: Event, clock: PartitionClock, out: StageOutput) -> bool:
+        """Dead-letter an event from the future (ahead of its record's timestamp) or older than every feature
+        horizon behind its partition's clock; both rules depend on the partition's prefix only (replayable)."""
+        cfg = self._settings.worker
+        if cfg.max_future_ms and rec.timestamp_ms and ev.ts > rec.timestamp_ms + cfg.max_future_ms:
+            reason, detail = "future_ts", f"ts {ev.ts} is ahead of its record's timestamp {rec.timestamp_ms}"
+        elif cfg.max_age_ms and clock.max_ts != NO_TS and ev.ts < clock.max_ts - cfg.max_age_ms:
+            reason, detail = "too_old", f"ts {ev.ts} is beyond every feature horizon (partition at {clock.max_ts})"
+        else:
+            return False
+        batched = (rec.value or b"").lstrip()[:1] == b"["
+        raw = record_elements(rec.value or b"[]")[index] if batched else None
+        _dead(out, DeadLetter(rec, reason, detail, index if batched else None, raw))
+        return True
+
+    @staticmethod
+    def _advance(clocks: dict[int, PartitionClock], records: Sequence[Record]) -> None:
+        """Move each partition's ``next_offset`` past the batch's records (valid or dead-lettered)."""
+        for rec in records:
+            clock = clocks[rec.partition]
+            clock.next_offset = max(clock.next_offset, rec.offset + 1)
+
+    def _save(self, clocks: dict[int, PartitionClock]) -> None:
+        self._clocks.save(clocks)
+        self._saved_next.update((p, c.next_offset) for p, c in clocks.items())
+
+    def _check_not_rolled_back(self, clocks: dict[int, PartitionClock]) -> None:
+        """Raise :class:`RedisRollbackError` when Redis holds an older position than this process saved."""
+        for p, clock in clocks.items():
+            saved = self._saved_next.get(p)
+            if saved is not None and clock.next_offset < saved:
+                topic = self._settings.kafka.events_topic
+                msg = (f"Redis went back in time: it has applied {topic}[{p}] up to offset {clock.next_offset}, "
+                       f"but this worker had saved {saved} (Redis lost acknowledged writes); stopping — a restarted "
+                       f"worker resumes from what Redis applied")
+                raise RedisRollbackError(msg)
 
     def _write(self, batch: dict[int, list[Delivery]], watermarks: dict[int, int]) -> dict[
         int, list[tuple[Delivery, bool]]
@@ -288,6 +334,7 @@ class ItemMetaStage:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._redis = client
         self._keys = KeyLayout(settings.redis.shards)
+        self._group, self._topic = settings.worker.app_id, settings.kafka.items_topic
 
     def process(self, records: Sequence[Record]) -> StageOutput:
         """Validate and store one batch of item-metadata records."""
@@ -308,5 +355,10 @@ class ItemMetaStage:
             }
             if fields:
                 pipe.hset(self._keys.item_meta(item.item_id), mapping=fields)
+        nexts: dict[int, int] = {}
+        for rec in records:
+            nexts[rec.partition] = max(nexts.get(rec.partition, 0), rec.offset + 1)
+        for p, nxt in nexts.items():  # last in the pipeline: Redis holds the metadata of every record before it
+            pipe.hset(watermark(self._group, self._topic, p), "next", nxt)
         pipe.execute()
         return out

@@ -80,7 +80,7 @@ def caught_up(rows: list[LagRow], targets: Mapping[TP, int]) -> bool:
 
 
 _COORDINATOR_BUSY = frozenset({ConfluentError.COORDINATOR_LOAD_IN_PROGRESS, ConfluentError.COORDINATOR_NOT_AVAILABLE,
-                               ConfluentError.NOT_COORDINATOR})
+                               ConfluentError.NOT_COORDINATOR, ConfluentError._TIMED_OUT})
 
 
 def _transient(exc: KafkaException) -> bool:
@@ -98,8 +98,11 @@ class LagProbe:
         self.bootstrap = kafka.bootstrap
         self.settings = settings
         self.source_topics = [kafka.events_topic, kafka.items_topic]
-        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4",
-                                   **client_logging("lag")})
+        self._admin = self._new_admin()
+
+    def _new_admin(self) -> AdminClient:
+        return AdminClient({"bootstrap.servers": self.bootstrap, "broker.address.family": "v4",
+                            **client_logging("lag")})
 
     def _partitions(self, timeout: float) -> list[TopicPartition]:
         try:
@@ -124,6 +127,8 @@ class LagProbe:
                 ends, result = self._offsets(tps, timeout)
                 break
             except KafkaException as exc:
+                # an admin client that saw its broker restart can stay stuck: the next try gets a new one
+                self._admin = self._new_admin()
                 # e.g. COORDINATOR_LOAD_IN_PROGRESS just after the broker started: ask again
                 if _transient(exc) and time.monotonic() < deadline:
                     time.sleep(0.2)

@@ -36,6 +36,8 @@ class PartitionClock:
     max_ts: int = NO_TS
     offset: int = -1
     index: int = -1
+    # the next source offset to read: every record before it was applied or dead-lettered (stream.resume)
+    next_offset: int = 0
 
     @property
     def watermark(self) -> int:
@@ -77,14 +79,15 @@ class WatermarkStore:
         wanted = sorted(set(partitions))
         pipe = self._redis.pipeline(transaction=False)
         for p in wanted:
-            pipe.hmget(keys.watermark(self._group, self._topic, p), "max_ts", "offset", "index")
+            pipe.hmget(keys.watermark(self._group, self._topic, p), "max_ts", "offset", "index", "next")
         clocks = {}
-        for p, (max_ts, offset, index) in zip(wanted, pipe.execute(), strict=True):
+        for p, (max_ts, offset, index, nxt) in zip(wanted, pipe.execute(), strict=True):
             clocks[p] = PartitionClock(
                 self._lateness_ms,
                 NO_TS if max_ts is None else int(max_ts),
                 -1 if offset is None else int(offset),
                 -1 if index is None else int(index),
+                int(nxt) if nxt is not None else (0 if offset is None else int(offset) + 1),
             )
         return clocks
 
@@ -96,7 +99,8 @@ class WatermarkStore:
         for p, clock in clocks.items():
             pipe.hset(
                 keys.watermark(self._group, self._topic, p),
-                mapping={"max_ts": clock.max_ts, "offset": clock.offset, "index": clock.index},
+                mapping={"max_ts": clock.max_ts, "offset": clock.offset, "index": clock.index,
+                         "next": clock.next_offset},
             )
             if clock.max_ts != NO_TS:
                 metrics.EVENT_TIME_LAG.labels(topic=self._topic, partition=str(p)).set(

@@ -106,10 +106,14 @@ def assert_features_match(settings: Settings, events: list[Ev]) -> None:
         for user in users:
             got = client.last_n(user, action, n=cap)
             want = expected.get(user, [])
-            assert [(g.item_id, g.ts) for g in got] == [(w.item_id, w.ts) for w in want], (user, action)
+            assert [(g.item_id, g.ts) for g in got] == [(w.item_id, w.ts) for w in want], (
+                user, action, "missing", sorted({w.event_id for w in want} - {g.event_id for g in got}),
+                "extra", sorted({g.event_id for g in got} - {w.event_id for w in want}))
             for category in CATEGORIES:
                 got_c = client.last_n(user, action, n=cap, category=category)
-                assert [g.item_id for g in got_c] == [w.item_id for w in want if w.category == category]
+                assert [g.item_id for g in got_c] == [w.item_id for w in want if w.category == category], (
+                    user, action, category, [(g.event_id, g.category) for g in got_c],
+                    [(w.event_id, w.category) for w in want if w.category == category])
     want_counts = reference.counts(events, parts, settings.stats.allowed_lateness_ms, AT)
     entities: dict[str, set[object]] = {
         "user": set(users), "item": {e.item_id for e in events}, "author": {e.author_id for e in events},

@@ -1,0 +1,141 @@
+"""Resume from the offsets Redis says were applied, not from Kafka's commits.
+
+The worker persists, after each batch's writes and in the same Redis as the features, the next offset to
+read of every partition it processed (``next`` in the partition's watermark hash, :mod:`stream.watermarks`),
+and it commits offsets to Kafka only after that. So Kafka's committed offset can be ahead of Redis's
+``next`` only when Redis lost writes it had acknowledged (``appendfsync everysec`` and a machine crash,
+a restore from an older snapshot) or lost its data entirely. Before Faust starts, :func:`reconcile`
+compares the two for every partition of the worker's source topics and moves the consumer group back
+to what Redis applied (to the earliest retained offset where Redis knows nothing of a committed
+partition): the lost events are read again, and the per-entity position guards make every replayed
+event that did survive count once. :func:`rewind_plan` is the pure rule.
+
+While the worker runs, :class:`~stream.ingest.IngestStage` notices a Redis whose ``next`` went backwards
+under it and stops the worker (:class:`~infra.errors.RedisRollbackError`), whose restart reconciles.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import redis
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from infra import keys
+from infra.errors import KafkaError
+from infra.kafka_log import client_logging
+from infra.settings import Settings
+
+__all__ = ["applied_offsets", "reconcile", "rewind_plan"]
+
+TP = tuple[str, int]
+_log = logging.getLogger("recstream.resume")
+
+
+def rewind_plan(committed: Mapping[TP, int | None], applied: Mapping[TP, int | None],
+                earliest: Mapping[TP, int]) -> dict[TP, int]:
+    """The partitions to move back, and where to: Redis's ``next`` where Kafka committed beyond it, the
+    earliest retained offset where Redis has nothing for a partition Kafka committed past that.
+
+    >>> rewind_plan({("ev", 0): 90, ("ev", 1): 50, ("ev", 2): 40, ("ev", 3): None},
+    ...             {("ev", 0): 70, ("ev", 1): 50, ("ev", 2): None, ("ev", 3): None},
+    ...             {("ev", 0): 0, ("ev", 1): 0, ("ev", 2): 10, ("ev", 3): 0})
+    {('ev', 0): 70, ('ev', 2): 10}
+    """
+    plan: dict[TP, int] = {}
+    for tp, done in committed.items():
+        if done is None:
+            continue  # never committed: the consumer starts from the earliest offset anyway
+        redis_next = applied.get(tp)
+        target = earliest.get(tp, 0) if redis_next is None else redis_next
+        if target < done:
+            plan[tp] = target
+    return plan
+
+
+def applied_offsets(client: redis.Redis, group: str, tps: list[TP]) -> dict[TP, int | None]:
+    """Redis's ``next`` offset of each partition (its last applied clock offset + 1 for state written
+    before ``next`` existed; None when Redis has neither)."""
+    pipe = client.pipeline(transaction=False)
+    for topic, p in tps:
+        pipe.hmget(keys.watermark(group, topic, p), "next", "offset")
+    out: dict[TP, int | None] = {}
+    for tp, (nxt, offset) in zip(tps, pipe.execute(), strict=True):
+        out[tp] = int(nxt) if nxt is not None else (int(offset) + 1 if offset is not None else None)
+    return out
+
+
+def _kafka_offsets(admin: AdminClient, group: str, tps: list[TP], timeout: float) -> tuple[
+        dict[TP, int | None], dict[TP, int]]:
+    parts = [TopicPartition(t, p) for t, p in tps]
+    earliest_f = admin.list_offsets({tp: OffsetSpec.earliest() for tp in parts},  # type: ignore[no-untyped-call]
+                                    request_timeout=timeout)
+    earliest = {(tp.topic, tp.partition): f.result().offset for tp, f in earliest_f.items()}
+    req = [ConsumerGroupTopicPartitions(group, parts)]
+    result = admin.list_consumer_group_offsets(req, request_timeout=timeout)[group].result()
+    committed = {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions}
+    return committed, earliest
+
+
+def _wait_until_empty(admin: AdminClient, group: str, timeout_s: float) -> bool:
+    """Wait until ``group`` has no members (a SIGKILLed worker stays a member until its session times out)."""
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        try:
+            desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+        except KafkaException:
+            return True  # no such group
+        if not desc.members:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        if not told:
+            _log.warning("group %r still lists %d member(s) (a stopped worker's session has not timed out): "
+                         "waiting up to %.0f s before moving its offsets", group, len(desc.members), timeout_s)
+            told = True
+        time.sleep(1.0)
+
+
+def reconcile(settings: Settings, client: redis.Redis, timeout: float = 15.0,
+              empty_timeout_s: float = 90.0) -> dict[TP, int]:
+    """Move the worker group's committed offsets back to what Redis applied; returns what was moved.
+
+    Run it before the worker joins its group: the broker moves the offsets of an empty group only, so a
+    previous member that was SIGKILLed is waited out (its session timeout); a group with live members
+    after ``empty_timeout_s`` gets one warning and keeps its positions."""
+    kafka, group = settings.kafka, settings.worker.app_id
+    tps = [(t, p) for t in (kafka.events_topic, kafka.items_topic) for p in range(kafka.partitions)]
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4",
+                         **client_logging("resume")})
+    try:
+        committed, earliest = _kafka_offsets(admin, group, tps, timeout)
+    except KafkaException as exc:
+        msg = f"cannot read the offsets of group {group!r}: {exc}"
+        raise KafkaError(msg) from None
+    plan = rewind_plan(committed, applied_offsets(client, group, tps), earliest)
+    if not plan:
+        return plan
+    if not _wait_until_empty(admin, group, empty_timeout_s):
+        _log.warning("Redis is behind Kafka's commits on %d partition(s), but group %r still has live members "
+                     "after %.0f s, so its offsets cannot be moved: stop every worker of the group and start "
+                     "again", len(plan), group, empty_timeout_s)
+        return {}
+    moved = [TopicPartition(t, p, offset) for (t, p), offset in sorted(plan.items())]
+    try:
+        result = admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, moved)],
+                                                    request_timeout=timeout)[group].result()
+    except KafkaException as exc:
+        msg = f"cannot move the offsets of group {group!r} back to what Redis applied: {exc}"
+        raise KafkaError(msg) from None
+    failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in result.topic_partitions if tp.error]
+    if failed:
+        msg = f"cannot move the offsets of group {group!r} back to what Redis applied: {'; '.join(failed)}"
+        raise KafkaError(msg)
+    for (t, p), offset in sorted(plan.items()):
+        _log.warning("%s[%d]: Redis applied up to offset %d, Kafka had committed %s: replaying from %d",
+                     t, p, offset, committed[(t, p)], offset)
+    return plan

@@ -1,0 +1,133 @@
+"""The chaos run shared by ``tests/chaos`` (reduced size) and ``recstream bench chaos`` (full size).
+
+The events go onto the topic at a fixed rate while the worker and the trainer run; at seeded random
+moments of the feed one of them is SIGKILLed and restarted at once, so every kill lands mid-stream. A
+worker's recovery time is from its SIGKILL to the group's first commit past the offsets it had reached.
+At the end the worker catches up, a last ``trainer --until-idle`` drains the samples, and the caller
+compares features and samples with the brute-force reference (:mod:`tests.pipeline_check`).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filters.events import ItemMeta
+from infra.errors import KafkaError
+from infra.settings import Settings
+from stream.lag import LagProbe
+from stream.worker_process import WorkerProcess
+from tests.integration.reference import Ev
+from tests.pipeline_check import produce
+
+__all__ = ["ChaosReport", "Feed", "committed", "run_chaos", "wait_progress"]
+
+
+@dataclass
+class ChaosReport:
+    events: int
+    worker_kills: int = 0
+    trainer_kills: int = 0
+    recovery_s: list[float] = field(default_factory=list)  # worker SIGKILL -> the group's next commit past it
+    seconds: float = 0.0  # feed start -> worker caught up (kills and restarts included)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def committed(probe: LagProbe, timeout_s: float = 90.0) -> int:
+    """The sum of the group's committed offsets (asked again while a restarted broker is not answering yet)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return sum(r.committed or 0 for r in probe.read())
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def wait_progress(probe: LagProbe, beyond: int, timeout_s: float) -> None:
+    """Until the group's committed offsets sum past ``beyond`` (raises on timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while committed(probe) <= beyond:
+        if time.monotonic() > deadline:
+            msg = f"the worker made no progress within {timeout_s:.0f} s of its restart"
+            raise AssertionError(msg)
+        time.sleep(0.05)
+
+
+class Feed(threading.Thread):
+    """Produces the events at ``rate`` per second, a second's worth at a time, in the background."""
+
+    def __init__(self, settings: Settings, events: list[Ev], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.events, self.rate = settings, events, rate
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        step = max(1, int(self.rate))
+        started = time.monotonic()
+        try:
+            for k in range(0, len(self.events), step):
+                produce(self.settings, self.events[k:k + step])
+                ahead = started + (k + step) / self.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        except BaseException as exc:  # handed to the caller's thread
+            self.error = exc
+
+
+def run_chaos(settings: Settings, events: list[Ev], meta: dict[str, ItemMeta], worker_kills: int,
+              trainer_kills: int, seed: int, log_dir: Path, rate: float,
+              progress: Callable[[str], None] = lambda _line: None) -> ChaosReport:
+    """Feed ``events`` at ``rate`` per second while the worker and the trainer are SIGKILLed (at seeded
+    random moments over the feed) and restarted; then catch up and drain the samples."""
+    rng = random.Random(seed)
+    probe = LagProbe(settings)
+    report = ChaosReport(len(events))
+    victims = ["worker"] * worker_kills + ["trainer"] * trainer_kills
+    rng.shuffle(victims)
+    feed_s = len(events) / rate
+    moments = sorted(rng.uniform(0.05, 0.95) * feed_s for _ in victims)
+    produce(settings, [], meta)
+    worker = WorkerProcess(settings, log_dir / "worker.log").start()
+    trainer = WorkerProcess(settings, log_dir / "trainer.log", args=("trainer",)).start()
+    probe.wait_until_caught_up(120)  # item metadata first: events without a category take it from there
+    feed = Feed(settings, events, rate)
+    started = time.monotonic()
+    feed.start()
+    try:
+        for victim, moment in zip(victims, moments, strict=True):
+            time.sleep(max(0.0, started + moment - time.monotonic()))
+            if victim == "worker":
+                at_kill = committed(probe)
+                worker.crash()
+                restarted = time.monotonic()
+                worker = WorkerProcess(settings, log_dir / "worker.log").start()
+                wait_progress(probe, at_kill, 180)
+                report.recovery_s.append(time.monotonic() - restarted)
+                report.worker_kills += 1
+            else:
+                trainer.crash()
+                trainer = WorkerProcess(settings, log_dir / "trainer.log", args=("trainer",)).start()
+                report.trainer_kills += 1
+            progress(f"{time.monotonic() - started:6.1f} s: {victim} SIGKILLed and restarted")
+        feed.join()
+        if feed.error is not None:
+            raise feed.error
+        probe.wait_until_caught_up(1800)
+        report.seconds = time.monotonic() - started
+    finally:
+        worker.stop()
+        trainer.crash()
+    last = WorkerProcess(settings, log_dir / "trainer.log", args=("trainer", "--until-idle", "3")).start()
+    if last.wait(900) != 0:
+        msg = f"the last trainer failed; log: {last.log_path}"
+        raise AssertionError(msg)
+    return report

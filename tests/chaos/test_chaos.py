@@ -1,0 +1,56 @@
+"""The chaos test, reduced size (``recstream bench chaos`` runs it at ≥ 1M events): the worker and the trainer
+are each SIGKILLed ≥ 5 times at random moments while events stream in; afterwards every Bloom answer, last-N
+sequence and statistic equals the brute-force reference, the distinct samples equal the reference join, and
+the trainer trained every distinct positive exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from filters.model_store import ModelStore
+from infra.settings import Settings
+from infra.topics import ensure_topics
+from tests.chaos.chaos_run import run_chaos
+from tests.conftest import ServicePair
+from tests.pipeline_check import (
+    assert_features_match,
+    assert_samples_match,
+    distinct_positives,
+    make_stream,
+    private_pipeline,
+    topic_order,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(services: ServicePair, redis_client: redis.Redis) -> Iterator[Settings]:
+    s = chaos_settings(private_pipeline(services.settings))
+    ensure_topics(s)
+    yield s
+
+
+def chaos_settings(base: Settings) -> Settings:
+    """The trainer remembers sample ids over the stream's whole event-time span (3 days), publishes often."""
+    return base.model_copy(update={"learning": base.learning.model_copy(update={
+        "max_users": 5000, "max_items": 5000, "batch_size": 256, "min_count": 1, "publish_every_s": 1.0,
+        "metrics_port": 0, "group": f"trainer-{base.worker.app_id}", "dedup_horizon_ms": 4 * 86_400_000})})
+
+
+@pytest.mark.timeout(900)
+def test_sigkills_of_worker_and_trainer_lose_and_double_count_nothing(settings: Settings) -> None:
+    events, meta = make_stream(seed=21, n=30_000, users=80, items=300)
+    report = run_chaos(settings, events, meta, worker_kills=5, trainer_kills=5, seed=5,
+                       log_dir=settings.home / "logs" / settings.worker.app_id, rate=1500, progress=print)
+    print(f"recovery after each worker SIGKILL: {[round(s, 1) for s in report.recovery_s]} s")
+    assert report.worker_kills == 5 and report.trainer_kills == 5
+    events = topic_order(settings, events)
+    assert_features_match(settings, events)
+    assert_samples_match(settings, events)
+    store = ModelStore(redis.Redis.from_url(settings.redis.effective_url), settings.redis.shards)
+    manifest = store.manifest(store.current() or "")
+    assert manifest.samples_seen == distinct_positives(settings, events)
