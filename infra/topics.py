@@ -40,6 +40,22 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def transient(exc: Exception) -> bool:
+    """Whether asking the broker again shortly may succeed: a retriable error, a group coordinator still
+    loading after a broker start, a request that timed out.
+
+    >>> from confluent_kafka import KafkaError as E, KafkaException
+    >>> transient(KafkaException(E(E.COORDINATOR_LOAD_IN_PROGRESS))), transient(KafkaException(E(E.GROUP_ID_NOT_FOUND)))
+    (True, False)
+    """
+    from confluent_kafka import KafkaError as CError
+
+    busy = {CError.COORDINATOR_LOAD_IN_PROGRESS, CError.COORDINATOR_NOT_AVAILABLE, CError.NOT_COORDINATOR,
+            CError._TIMED_OUT}
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, CError) and bool(err.retriable() or err.code() in busy)
+
+
 def admin_client(settings: Settings) -> Any:
     """A confluent-kafka AdminClient for ``settings.kafka.bootstrap`` (IPv4 only, logs to logging)."""
     from confluent_kafka.admin import AdminClient

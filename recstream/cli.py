@@ -139,6 +139,20 @@ def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port
         probe.close()
 
 
+@main.command()
+@click.option("--flush", is_flag=True, help="Delete recstream's feature keys first (model versions are kept).")
+@click.pass_context
+@friendly_errors
+def rebuild(ctx: click.Context, flush: bool) -> None:
+    """Rebuild every feature into an empty Redis by replaying the retained Kafka topics (workers stopped)."""
+    from recstream.rebuild import run_rebuild
+
+    result = run_rebuild(settings_from_context(ctx), flush=flush)
+    flushed = f" after deleting {result.flushed:,} feature keys" if result.flushed else ""
+    click.echo(f"rebuilt{flushed}: {result.events:,} event records replayed in {result.seconds:.1f} s "
+               f"({result.records_per_s:,.0f} records/s); the trainer skips the re-emitted samples")
+
+
 BENCHMARKS = {
     "ingest": "bench.ingest_bench",
     "join": "bench.join_bench",

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from infra import metrics
 from infra.errors import KafkaError
 from infra.kafka_log import client_logging
 from infra.settings import Settings
-from infra.topics import require_kafka
+from infra.topics import require_kafka, transient
 
 TP = tuple[str, int]
 
@@ -79,16 +78,6 @@ def caught_up(rows: list[LagRow], targets: Mapping[TP, int]) -> bool:
     return all(r.committed >= targets.get((r.topic, r.partition), r.end) for r in rows)
 
 
-_COORDINATOR_BUSY = frozenset({ConfluentError.COORDINATOR_LOAD_IN_PROGRESS, ConfluentError.COORDINATOR_NOT_AVAILABLE,
-                               ConfluentError.NOT_COORDINATOR, ConfluentError._TIMED_OUT})
-
-
-def _transient(exc: KafkaException) -> bool:
-    """Whether asking again shortly may succeed (a coordinator still loading after a broker start)."""
-    err = exc.args[0]
-    return bool(err.retriable() or err.code() in _COORDINATOR_BUSY)
-
-
 class LagProbe:
     """Reads committed and end offsets of the app's consumer group from the broker."""
 
@@ -130,7 +119,7 @@ class LagProbe:
                 # an admin client that saw its broker restart can stay stuck: the next try gets a new one
                 self._admin = self._new_admin()
                 # e.g. COORDINATOR_LOAD_IN_PROGRESS just after the broker started: ask again
-                if _transient(exc) and time.monotonic() < deadline:
+                if transient(exc) and time.monotonic() < deadline:
                     time.sleep(0.2)
                     continue
                 msg = f"cannot read offsets of group {self.group!r}: {exc}"

@@ -28,6 +28,9 @@ from infra import keys
 from infra.errors import KafkaError
 from infra.kafka_log import client_logging
 from infra.settings import Settings
+from infra.topic_reader import read_between
+from infra.topics import transient
+from stream.ingest import ItemMetaStage, Record
 
 __all__ = ["applied_offsets", "reconcile", "rewind_plan"]
 
@@ -111,11 +114,16 @@ def reconcile(settings: Settings, client: redis.Redis, timeout: float = 15.0,
     tps = [(t, p) for t in (kafka.events_topic, kafka.items_topic) for p in range(kafka.partitions)]
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4",
                          **client_logging("resume")})
-    try:
-        committed, earliest = _kafka_offsets(admin, group, tps, timeout)
-    except KafkaException as exc:
-        msg = f"cannot read the offsets of group {group!r}: {exc}"
-        raise KafkaError(msg) from None
+    deadline = time.monotonic() + 4 * timeout
+    while True:
+        try:
+            committed, earliest = _kafka_offsets(admin, group, tps, timeout)
+            break
+        except KafkaException as exc:
+            if not transient(exc) or time.monotonic() > deadline:
+                msg = f"cannot read the offsets of group {group!r}: {exc}"
+                raise KafkaError(msg) from None
+            time.sleep(0.5)  # e.g. the group coordinator still loading just after the broker started
     plan = rewind_plan(committed, applied_offsets(client, group, tps), earliest)
     if not plan:
         return plan
@@ -138,4 +146,25 @@ def reconcile(settings: Settings, client: redis.Redis, timeout: float = 15.0,
     for (t, p), offset in sorted(plan.items()):
         _log.warning("%s[%d]: Redis applied up to offset %d, Kafka had committed %s: replaying from %d",
                      t, p, offset, committed[(t, p)], offset)
+    replay_items_first(settings, client, {p: o for (t, p), o in plan.items() if t == kafka.items_topic})
     return plan
+
+
+def replay_items_first(settings: Settings, client: redis.Redis, start: Mapping[int, int], chunk: int = 5000) -> int:
+    """Apply the items topic from ``start`` (partition → offset) before the worker starts, so that replayed
+    events find their item metadata (categories, authors) as the first run did; returns the records applied.
+    The worker's own item agent then re-reads them, idempotently."""
+    if not start:
+        return 0
+    stage, topic, batch, applied = ItemMetaStage(client, settings), settings.kafka.items_topic, [], 0
+    for rec in read_between(settings, topic, 0, 2**62):
+        if rec.partition in start and rec.offset >= start[rec.partition]:
+            batch.append(Record(topic, rec.partition, rec.offset, rec.key, rec.value, rec.timestamp_ms))
+        if len(batch) >= chunk:
+            stage.process(batch)
+            applied, batch = applied + len(batch), []
+    if batch:
+        stage.process(batch)
+        applied += len(batch)
+    _log.warning("replayed %d item-metadata record(s) before the events", applied)
+    return applied

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from infra.topics import ensure_topics
 from stream.lag import LagProbe
 from stream.worker_process import WorkerProcess
 from tests.chaos.chaos_run import Feed, committed, wait_progress
-from tests.conftest import ServicePair, free_ports
+from tests.conftest import ServicePair
 from tests.pipeline_check import (
     assert_features_match,
     assert_samples_match,
@@ -34,18 +33,6 @@ from tests.pipeline_check import (
 
 pytestmark = pytest.mark.integration
 ROLLBACK_EXIT = 75  # the worker's exit code when Redis went back in time under it
-
-
-@pytest.fixture
-def own_redis(services: ServicePair, tmp_path: Path) -> Iterator[Settings]:
-    """Private topics on the session broker and a private redis-server (this test kills and restores it)."""
-    base = private_pipeline(services.settings)
-    s = base.model_copy(update={"home": tmp_path, "redis": base.redis.model_copy(
-        update={"port": free_ports(1)[0], "url": ""})})
-    redis_server.start(s)
-    ensure_topics(s)
-    yield s
-    redis_server.stop(s)
 
 
 def _kill_redis(settings: Settings) -> None:

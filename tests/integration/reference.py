@@ -32,8 +32,10 @@ def partition_of(key: str, partitions: int) -> int:
     return DefaultPartitioner()(key.encode(), all_parts, all_parts)
 
 
-def first_deliveries_with_late(events: list[Ev], partitions: int, lateness_ms: int) -> list[tuple[Ev, bool]]:
-    """Dedup by event_id (first delivery in its partition's order wins) and flag late deliveries."""
+def first_deliveries_with_late(events: list[Ev], partitions: int, lateness_ms: int,
+                               max_age_ms: int = 31 * DAY) -> list[tuple[Ev, bool]]:
+    """Dedup by event_id (first delivery in its partition's order wins) and flag late deliveries; a delivery
+    more than ``max_age_ms`` behind its partition's newest ts is dropped (the worker dead-letters it)."""
     by_partition: dict[int, list[Ev]] = defaultdict(list)
     for ev in events:
         by_partition[partition_of(ev.user_id, partitions)].append(ev)
@@ -42,6 +44,8 @@ def first_deliveries_with_late(events: list[Ev], partitions: int, lateness_ms: i
     for evs in by_partition.values():
         max_ts = None
         for ev in evs:
+            if max_ts is not None and ev.ts < max_ts - max_age_ms:
+                continue  # too_old
             late = max_ts is not None and ev.ts < max_ts - lateness_ms
             max_ts = ev.ts if max_ts is None else max(max_ts, ev.ts)
             if ev.event_id in seen:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from stream.lag import _transient, caught_up, lag_rows
+from infra.topics import transient
+from stream.lag import caught_up, lag_rows
 from stream.watermarks import NO_TS, PartitionClock
 
 
@@ -56,11 +57,11 @@ def test_lag_rows_and_caught_up() -> None:
     assert caught_up(rows, {("a", 1): 0})
 
 
-@pytest.mark.parametrize(("code", "retriable", "transient"), [
+@pytest.mark.parametrize(("code", "retriable", "expected"), [
     (KafkaError.COORDINATOR_LOAD_IN_PROGRESS, False, True),  # a broker that just started
     (KafkaError.NOT_COORDINATOR, False, True),
     (KafkaError._TRANSPORT, True, True),
     (KafkaError.GROUP_AUTHORIZATION_FAILED, False, False),
 ])
-def test_only_transient_offset_errors_are_asked_again(code: int, retriable: bool, transient: bool) -> None:
-    assert _transient(KafkaException(KafkaError(code, retriable=retriable))) is transient
+def test_only_transient_offset_errors_are_asked_again(code: int, retriable: bool, expected: bool) -> None:
+    assert transient(KafkaException(KafkaError(code, retriable=retriable))) is expected
