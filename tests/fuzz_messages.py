@@ -3,8 +3,8 @@
 Every message is a single-event record (a batched record's bad elements are tested apart, in
 tests/integration/test_pipeline.py) and is placed on the partition of its key, as a producer would. The
 families: wrong JSON types, oversize identifiers, broken JSON, broken UTF-8, unknown event types,
-timestamps far in the future (beyond ``worker.max_future_ms`` of the record's own timestamp) or beyond the
-13-digit range, timestamps older than every feature horizon behind the partition's clock, payloads over the
+timestamps far in the future (beyond ``worker.max_future_ms`` of the record's own timestamp), timestamps
+beyond the contract's 13-digit range, timestamps older than every feature horizon behind the partition's clock, payloads over the
 64 KiB event limit, control characters in identifiers, an empty value, and a key that puts the user on
 another partition than its own.
 """
@@ -72,7 +72,12 @@ def _unknown_type(rng: random.Random, ev: dict[str, object]) -> bytes:
 
 def _future(rng: random.Random, ev: dict[str, object]) -> bytes:
     now = int(time.time() * 1000)
-    ev["ts"] = rng.choice([now + rng.randrange(2 * DAY, 3000 * DAY), 9_999_999_999_999, 10**13 + 7, 10**16])
+    ev["ts"] = rng.choice([now + rng.randrange(2 * DAY, 3000 * DAY), 9_999_999_999_999])  # in range, ahead
+    return _dump(ev)
+
+
+def _out_of_range(rng: random.Random, ev: dict[str, object]) -> bytes:
+    ev["ts"] = rng.choice([10**13, 10**13 + 7, 10**16, 2**63, -1])  # beyond the contract's 13 digits
     return _dump(ev)
 
 
@@ -94,7 +99,8 @@ def _control(rng: random.Random, ev: dict[str, object]) -> bytes:
 
 FAMILIES: dict[str, Callable[[random.Random, dict[str, object]], bytes]] = {
     "wrong_type": _wrong_type, "oversize": _oversize, "broken_json": _broken_json, "broken_utf8": _broken_utf8,
-    "unknown_type": _unknown_type, "future_ts": _future, "ancient_ts": _ancient, "huge": _huge,
+    "unknown_type": _unknown_type, "future_ts": _future, "ts_out_of_range": _out_of_range, "ancient_ts": _ancient,
+    "huge": _huge,
     "control_chars": _control,
 }
 
