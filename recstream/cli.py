@@ -154,6 +154,7 @@ def rebuild(ctx: click.Context, flush: bool) -> None:
 
 
 BENCHMARKS = {
+    "chaos": "bench.chaos_bench",
     "ingest": "bench.ingest_bench",
     "join": "bench.join_bench",
     "learning": "bench.learning_bench",

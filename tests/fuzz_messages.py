@@ -4,9 +4,9 @@ Every message is a single-event record (a batched record's bad elements are test
 tests/integration/test_pipeline.py) and is placed on the partition of its key, as a producer would. The
 families: wrong JSON types, oversize identifiers, broken JSON, broken UTF-8, unknown event types,
 timestamps far in the future (beyond ``worker.max_future_ms`` of the record's own timestamp), timestamps
-beyond the contract's 13-digit range, timestamps older than every feature horizon behind the partition's clock, payloads over the
-64 KiB event limit, control characters in identifiers, an empty value, and a key that puts the user on
-another partition than its own.
+beyond the contract's 13-digit range, timestamps older than every feature horizon behind the partition's
+clock, payloads over the 64 KiB event limit, control characters in identifiers, an empty value, and a key
+that puts the user on another partition than its own.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def kept(s: str, alpha: float) -> bool:
 
 def record(sample: object) -> dict[str, object]:
     """A product sample as its JSON record reads, without its id (the reference's keys)."""
-    fields = msgspec.json.decode(msgspec.json.encode(sample))
+    fields: dict[str, object] = msgspec.json.decode(msgspec.json.encode(sample))
     fields.pop("sample_id")
     return fields
 

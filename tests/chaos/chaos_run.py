@@ -24,7 +24,7 @@ from stream.worker_process import WorkerProcess
 from tests.integration.reference import Ev
 from tests.pipeline_check import produce
 
-__all__ = ["ChaosReport", "Feed", "committed", "run_chaos", "wait_progress"]
+__all__ = ["ChaosReport", "Feed", "chaos_settings", "committed", "run_chaos", "wait_progress"]
 
 
 @dataclass
@@ -38,6 +38,13 @@ class ChaosReport:
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
+
+
+def chaos_settings(base: Settings) -> Settings:
+    """The trainer remembers sample ids over the stream's whole event-time span (3 days), publishes often."""
+    return base.model_copy(update={"learning": base.learning.model_copy(update={
+        "max_users": 5000, "max_items": 5000, "batch_size": 256, "min_count": 1, "publish_every_s": 1.0,
+        "metrics_port": 0, "group": f"trainer-{base.worker.app_id}", "dedup_horizon_ms": 4 * 86_400_000})})
 
 
 def committed(probe: LagProbe, timeout_s: float = 90.0) -> int:

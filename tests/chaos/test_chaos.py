@@ -13,7 +13,7 @@ import redis
 from filters.model_store import ModelStore
 from infra.settings import Settings
 from infra.topics import ensure_topics
-from tests.chaos.chaos_run import run_chaos
+from tests.chaos.chaos_run import chaos_settings, run_chaos
 from tests.conftest import ServicePair
 from tests.pipeline_check import (
     assert_features_match,
@@ -32,13 +32,6 @@ def settings(services: ServicePair, redis_client: redis.Redis) -> Iterator[Setti
     s = chaos_settings(private_pipeline(services.settings))
     ensure_topics(s)
     yield s
-
-
-def chaos_settings(base: Settings) -> Settings:
-    """The trainer remembers sample ids over the stream's whole event-time span (3 days), publishes often."""
-    return base.model_copy(update={"learning": base.learning.model_copy(update={
-        "max_users": 5000, "max_items": 5000, "batch_size": 256, "min_count": 1, "publish_every_s": 1.0,
-        "metrics_port": 0, "group": f"trainer-{base.worker.app_id}", "dedup_horizon_ms": 4 * 86_400_000})})
 
 
 @pytest.mark.timeout(900)

@@ -29,7 +29,7 @@ class Ev:
 def partition_of(key: str, partitions: int) -> int:
     """Where a murmur2 (Java / aiokafka / librdkafka murmur2_random) producer puts this key."""
     all_parts = list(range(partitions))
-    return DefaultPartitioner()(key.encode(), all_parts, all_parts)
+    return int(DefaultPartitioner()(key.encode(), all_parts, all_parts))
 
 
 def first_deliveries_with_late(events: list[Ev], partitions: int, lateness_ms: int,
