@@ -17,9 +17,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RepeatFilter", "client_logging", "kafka_logger"]
+if TYPE_CHECKING:
+    from infra.settings import KafkaSettings
+
+__all__ = ["RepeatFilter", "client_config", "client_logging", "faust_credentials", "kafka_logger"]
 
 
 class RepeatFilter(logging.Filter):
@@ -52,6 +55,43 @@ def kafka_logger(name: str, every: float = 30.0) -> logging.Logger:
     if not any(isinstance(f, RepeatFilter) for f in logger.filters):
         logger.addFilter(RepeatFilter(every))
     return logger
+
+
+def client_config(kafka: KafkaSettings, name: str) -> dict[str, Any]:
+    """The base of every confluent-kafka client's configuration: the brokers (IPv4), the security settings
+    (``kafka.security_protocol`` and SASL / SSL) and :func:`client_logging`.
+
+    >>> from infra.settings import KafkaSettings
+    >>> c = client_config(KafkaSettings(security_protocol="SASL_SSL", sasl_username="u", sasl_password="p"), "x")
+    >>> c["security.protocol"], c["sasl.mechanism"], c["sasl.password"], sorted(client_config(KafkaSettings(), "x"))
+    ('SASL_SSL', 'PLAIN', 'p', ['bootstrap.servers', 'broker.address.family', 'error_cb', 'logger'])
+    """
+    config: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4",
+                              **client_logging(name)}
+    if kafka.security_protocol != "PLAINTEXT":
+        config["security.protocol"] = kafka.security_protocol
+    if kafka.security_protocol.startswith("SASL"):
+        config.update({"sasl.mechanism": kafka.sasl_mechanism, "sasl.username": kafka.sasl_username,
+                       "sasl.password": kafka.sasl_password.get_secret_value()})
+    if kafka.ssl_cafile and kafka.security_protocol.endswith("SSL"):
+        config["ssl.ca.location"] = kafka.ssl_cafile
+    return config
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """The same security for the Faust worker (aiokafka): None, or faust's SASL / SSL credentials."""
+    import ssl
+
+    import faust
+
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=kafka.ssl_cafile or None) \
+        if kafka.security_protocol.endswith("SSL") else None
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password.get_secret_value(),
+                                 mechanism=kafka.sasl_mechanism, ssl_context=context)
 
 
 def client_logging(name: str) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -66,9 +66,17 @@ class KafkaSettings(_Section):
         "", description="broker jar cache; empty = $XDG_CACHE_HOME/recstream/kafka-<version>/libs"
     )
     start_timeout_s: float = Field(90.0, gt=0, le=3600, description="broker readiness timeout")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: SecretStr = Field(SecretStr(""), description="never logged or printed")
+    ssl_cafile: str = Field("", description="CA bundle that verifies the brokers (SSL, SASL_SSL); empty = system")
 
     @model_validator(mode="after")
     def _fill(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            msg = f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_username and kafka.sasl_password"
+            raise ValueError(msg)
         if not self.bootstrap:
             object.__setattr__(self, "bootstrap", f"{self.host}:{self.port}")
         if not self.controller_port:
@@ -343,6 +351,9 @@ def to_env(settings: Settings) -> dict[str, str]:
     env = {"RECSTREAM_HOME": str(settings.home)}
     for section, values in settings.model_dump(mode="json", exclude={"home"}).items():
         for name, value in values.items():
+            secret = getattr(getattr(settings, section), name)
+            if isinstance(secret, SecretStr):  # dumped as "**********": the child needs the value
+                value = secret.get_secret_value()
             env[f"RECSTREAM_{section.upper()}_{name.upper()}"] = (
                 value if isinstance(value, str) else json.dumps(value)
             )

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as CKafkaError
 
 from infra.errors import KafkaError
+from infra.kafka_log import client_config
 from infra.settings import Settings
 
 __all__ = ["TopicRecord", "read_between", "read_last", "record_order", "tail_start"]
@@ -64,16 +65,17 @@ def _bootstrap(source: Settings | str) -> str:
     return source if isinstance(source, str) else source.kafka.bootstrap
 
 
-def _consumer(bootstrap: str) -> Any:
+def _consumer(source: Settings | str) -> Any:
     """A consumer that never joins or commits to a group (``group.id`` is only required by the client)."""
+    base = {"bootstrap.servers": source, "broker.address.family": "v4"} if isinstance(source, str) \
+        else client_config(source.kafka, "topic_reader")
     return Consumer({
-        "bootstrap.servers": bootstrap,
+        **base,
         "group.id": "recstream-topic-reader",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
-        "broker.address.family": "v4",
         "allow.auto.create.topics": False,
         "logger": _quiet,
         "error_cb": lambda _err: None,  # transport errors surface as timeouts / KafkaError below
@@ -153,7 +155,7 @@ def read_last(source: Settings | str, topic: str, n: int, connect_timeout: float
     result (when timestamps grow along each partition).
     """
     bootstrap = _bootstrap(source)
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(source)
     try:
         ranges = {}
         for p in _partitions(consumer, bootstrap, topic, connect_timeout):
@@ -170,7 +172,7 @@ def read_between(source: Settings | str, topic: str, since_ms: int, until_ms: in
     """Stream the records of ``topic`` with ``since_ms <= timestamp < until_ms`` (partitions interleaved,
     each in offset order); stops at the end offsets of when the read began."""
     bootstrap = _bootstrap(source)
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(source)
     try:
         parts = _partitions(consumer, bootstrap, topic, connect_timeout)
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.errors import KafkaError
-from infra.kafka_log import client_logging
+from infra.kafka_log import client_config
 from infra.settings import Settings
 
 _log = logging.getLogger("recstream.infra.topics")
@@ -60,8 +60,7 @@ def admin_client(settings: Settings) -> Any:
     """A confluent-kafka AdminClient for ``settings.kafka.bootstrap`` (IPv4 only, logs to logging)."""
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap, "broker.address.family": "v4",
-                        **client_logging("admin")})
+    return AdminClient(client_config(settings.kafka, "admin"))
 
 
 def require_kafka(settings: Settings, timeout: float = 5.0) -> None:

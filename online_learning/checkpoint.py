@@ -39,8 +39,9 @@ def save_checkpoint(path: Path, learner: Learner, meta: dict[str, Any]) -> None:
     m = learner.model
     blob = {"format": FORMAT, "meta": meta, "dims": [m.dim, m.category_dim, m.hidden, m.temperature],
             "model": m.state_dict(), "tables": learner.tables.snapshot(),
-            "item_clicks": learner.item_clicks, "item_category": learner.item_category,
-            "trained": learner.trained, "newest_ts": learner.newest_ts,
+            "item_clicks": torch.from_numpy(np.asarray(learner.item_clicks, np.float64)),
+            "item_category": {str(k): str(v) for k, v in learner.item_category.items()},
+            "trained": int(learner.trained), "newest_ts": int(learner.newest_ts),
             "accumulators": learner.sparse_optimizer().state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -54,7 +55,7 @@ def load_checkpoint(path: Path, cfg: LearningSettings, *, full: bool = False) ->
         msg = f"model checkpoint {path} is missing; run `recstream full-update` to create a version"
         raise ModelError(msg)
     try:
-        blob = torch.load(path, weights_only=False)
+        blob = torch.load(path, weights_only=True)  # tensors and plain containers only: never unpickle code
     except Exception as exc:  # a truncated or foreign file: one clear line
         msg = f"model checkpoint {path} is unreadable ({type(exc).__name__}: {exc})"
         raise ModelError(msg) from None
@@ -66,7 +67,7 @@ def load_checkpoint(path: Path, cfg: LearningSettings, *, full: bool = False) ->
     model = TwoTower(tables.users.size, tables.items.size, tables.categories.size, dim, category_dim,
                      hidden, temperature)
     model.load_state_dict(blob["model"])
-    learner = Learner(model, tables, cfg, full=full, item_clicks=np.asarray(blob["item_clicks"], np.float64))
+    learner = Learner(model, tables, cfg, full=full, item_clicks=blob["item_clicks"].numpy().astype(np.float64))
     learner.item_category = dict(blob["item_category"])
     learner.trained = int(blob["trained"])
     learner.newest_ts = int(blob["newest_ts"])

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from infra.errors import KafkaError
-from infra.kafka_log import client_logging
+from infra.kafka_log import client_config
 from infra.settings import Settings
 
 __all__ = ["SampleRecord", "SampleSource"]
@@ -36,7 +36,7 @@ class SampleSource:
         self.assigned = False  # partitions assigned at least once (before that, polls return nothing)
         group = group or settings.learning.group
         self._consumer: Any = Consumer({
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings.kafka, "trainer"),
             "group.id": group,
             # static membership: a restarted trainer takes its partitions back at once instead of
             # waiting for the killed one's session to time out
@@ -44,9 +44,7 @@ class SampleSource:
             "session.timeout.ms": 10_000,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "broker.address.family": "v4",
             "allow.auto.create.topics": False,
-            **client_logging("trainer"),
         })
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
 

@@ -35,7 +35,7 @@ from filters.events import CANARY_FAMILIES, CANARY_PREFIX, Event
 from filters.labels import Sample, sample_id
 from filters.model_store import ModelStore
 from infra import metrics
-from infra.kafka_log import client_logging
+from infra.kafka_log import client_config
 from infra.settings import Settings
 from serving.client import FeatureClient
 from stream.batching import KeyPartitioner
@@ -84,9 +84,8 @@ class SampleWatch:
 
     def __init__(self, settings: Settings) -> None:
         self.topic, self.partitions = settings.kafka.samples_topic, settings.kafka.partitions
-        self._consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "enable.auto.commit": False,
-                                   "group.id": f"{settings.worker.app_id}-canary", "broker.address.family": "v4",
-                                   **client_logging("canary")})
+        self._consumer = Consumer({**client_config(settings.kafka, "canary"), "enable.auto.commit": False,
+                                   "group.id": f"{settings.worker.app_id}-canary"})
 
     def rewind_to_end(self) -> None:
         """Read on from each partition's current end (nothing produced before can be this round's)."""

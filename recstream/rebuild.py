@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from tqdm import tqdm
 
 from infra.errors import KafkaError, StateError
-from infra.kafka_log import client_logging
+from infra.kafka_log import client_config
 from infra.keys import LAYOUT, LAYOUT_KEY
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
@@ -105,8 +105,7 @@ def run_rebuild(settings: Settings, flush: bool, timeout_s: float = 6 * 3600) ->
     check_layout(client, settings.redis.shards)
     require_kafka(settings)
     ensure_topics(settings)
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap, "broker.address.family": "v4",
-                         **client_logging("rebuild")})
+    admin = AdminClient(client_config(settings.kafka, "rebuild"))
     _refuse_live_group(admin, settings.worker.app_id, "worker")
     _refuse_live_group(admin, settings.learning.group, "trainer")
     stale = _feature_keys(client)

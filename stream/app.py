@@ -28,6 +28,7 @@ from faust.types import TP, EventT
 
 from infra import metrics
 from infra.errors import RedisRollbackError
+from infra.kafka_log import faust_credentials
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
 from infra.topics import require_kafka
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         worker.app_id,
         broker=f"kafka://{kafka.bootstrap}",
+        broker_credentials=faust_credentials(kafka),
         store=worker.store,
         datadir=str(settings.home / "worker"),
         topic_partitions=kafka.partitions,

@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from infra import metrics
 from infra.errors import KafkaError
-from infra.kafka_log import client_logging
+from infra.kafka_log import client_config
 from infra.settings import Settings
 from infra.topics import require_kafka, transient
 
@@ -90,8 +90,7 @@ class LagProbe:
         self._admin = self._new_admin()
 
     def _new_admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap, "broker.address.family": "v4",
-                            **client_logging("lag")})
+        return AdminClient(client_config(self.settings.kafka, "lag"))
 
     def _partitions(self, timeout: float) -> list[TopicPartition]:
         try:
@@ -142,9 +141,8 @@ class LagProbe:
         behind = [r for r in rows if r.lag > 0]
         if not behind:
             return rows
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.group}-lag-probe",
-                             "enable.auto.commit": False, "broker.address.family": "v4",
-                             **client_logging("lag")})
+        consumer = Consumer({**client_config(self.settings.kafka, "lag"), "group.id": f"{self.group}-lag-probe",
+                             "enable.auto.commit": False})
         try:
             consumer.assign([TopicPartition(r.topic, r.partition, r.committed) for r in behind])
             first: dict[TP, int] = {}

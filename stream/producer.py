@@ -48,7 +48,7 @@ import confluent_kafka
 
 from filters.events import Event, ItemMeta, encode
 from infra.errors import InfraError, KafkaError
-from infra.kafka_log import RepeatFilter
+from infra.kafka_log import RepeatFilter, client_config
 from infra.settings import Settings, load_settings
 from stream.batching import BatchRecord, KeyPartitioner, PartitionBatcher
 
@@ -140,7 +140,8 @@ class EventProducer:
     @staticmethod
     def build_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         """The librdkafka configuration for ``settings`` plus ``overrides`` (see module docstring)."""
-        config: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap, **BASE_CONFIG}
+        base = {k: v for k, v in client_config(settings.kafka, "producer").items() if k not in _CALLBACK_OPTIONS}
+        config: dict[str, Any] = {**base, **BASE_CONFIG}  # brokers and security; the producer logs itself
         for name, value in overrides.items():
             key = name if "." in name or name in _CALLBACK_OPTIONS else name.replace("_", ".")
             config[key] = value

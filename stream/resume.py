@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from infra import keys
 from infra.errors import KafkaError
-from infra.kafka_log import client_logging
+from infra.kafka_log import client_config
 from infra.settings import Settings
 from infra.topic_reader import read_between
 from infra.topics import transient
@@ -112,8 +112,7 @@ def reconcile(settings: Settings, client: redis.Redis, timeout: float = 15.0,
     after ``empty_timeout_s`` gets one warning and keeps its positions."""
     kafka, group = settings.kafka, settings.worker.app_id
     tps = [(t, p) for t in (kafka.events_topic, kafka.items_topic) for p in range(kafka.partitions)]
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "broker.address.family": "v4",
-                         **client_logging("resume")})
+    admin = AdminClient(client_config(kafka, "resume"))
     deadline = time.monotonic() + 4 * timeout
     while True:
         try:
