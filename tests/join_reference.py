@@ -9,6 +9,7 @@ matches while the action has not expired. Samples are then read off the joins.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -88,10 +89,11 @@ def _match(imp: JEv, act: JEv, p: Params) -> bool:
     return imp.ts <= act.ts <= imp.ts + p.windows[act.type]
 
 
-def _history(rows: list[tuple[JEv, int]], at: int, p: Params) -> list[str]:
-    """The user's click log just before position ``at``: clicks after the last idle reset, top capacity."""
-    user, ts = rows[at][0].user_id, rows[at][0].ts
-    mine = [(k, ev, wm) for k, (ev, wm) in enumerate(rows[:at]) if ev.user_id == user]
+def _history(rows: list[tuple[JEv, int]], at: int, p: Params, positions: list[int]) -> list[str]:
+    """The user's click log just before position ``at``: clicks after the last idle reset, top capacity
+    (``positions``: the user's rows, in order)."""
+    ts = rows[at][0].ts
+    mine = [(k, rows[k][0], rows[k][1]) for k in positions[:bisect.bisect_left(positions, at)]]
     start, newest = 0, None
     for k, ev, wm in [*mine, (at, rows[at][0], rows[at][1])]:
         if newest is not None and wm >= newest + p.idle:
@@ -109,19 +111,23 @@ def join_partition(events: list[JEv], p: Params) -> dict[str, dict[str, object]]
     if rows:
         final_wm = max(ev.ts for ev, _ in rows) - p.lateness
     accepted = {k for k, (ev, wm) in enumerate(rows) if ev.type == "impression" and wm < ev.ts + p.wmax}
+    positions: dict[str, list[int]] = defaultdict(list)  # user -> its rows, in order (scans stay per user)
+    for k, (ev, _) in enumerate(rows):
+        positions[ev.user_id].append(k)
+    impressions = {u: [k for k in ks if k in accepted] for u, ks in positions.items()}
     joined: dict[int, list[int]] = defaultdict(list)  # impression position -> action positions
     for j, (act, wm_j) in enumerate(rows):
         if act.type == "impression":
             continue
         horizon = act.ts - p.windows[act.type] + p.wmax
-        before = [k for k in accepted if k < j and rows[k][0].user_id == act.user_id
+        before = [k for k in impressions[act.user_id] if k < j
                   and wm_j < rows[k][0].ts + p.wmax and _match(rows[k][0], act, p)]
         if before:
             joined[max(before, key=lambda k: (rows[k][0].ts, rows[k][0].event_id))].append(j)
             continue
         if wm_j >= horizon:
             continue  # late
-        after = [k for k in sorted(accepted) if k > j and rows[k][0].user_id == act.user_id
+        after = [k for k in impressions[act.user_id] if k > j
                  and rows[k][1] < horizon and _match(rows[k][0], act, p)]
         if after:
             joined[after[0]].append(j)
@@ -131,7 +137,7 @@ def join_partition(events: list[JEv], p: Params) -> dict[str, dict[str, object]]
         acts = [rows[j][0] for j in sorted(joined[k])]
         base = {"user_id": imp.user_id, "item_id": imp.item_id, "request_id": imp.request_id,
                 "impression_ts": imp.ts, "category": imp.category, "author_id": imp.author_id,
-                "history": _history(rows, k, p), "alpha": p.alpha}
+                "history": _history(rows, k, p, positions[imp.user_id]), "alpha": p.alpha}
         clicks = [a for a in acts if a.type == "click"]
         if clicks:
             out[sid("positive", imp.event_id)] = {"kind": "positive", **base, "ts": clicks[0].ts, "labels": None,

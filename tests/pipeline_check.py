@@ -136,9 +136,12 @@ def assert_features_match(settings: Settings, events: list[Ev]) -> None:
                 for etype in ("impression", *ACTIONS):
                     count = want_counts.get((kind, entity, window, etype), 0)
                     assert served[window][etype] == count, (kind, entity, window, etype)
+    impressed: dict[str, set[str]] = {}
+    for e in events:
+        if e.type == "impression":
+            impressed.setdefault(e.user_id, set()).add(e.item_id)
     for user in users:
-        impressed = sorted({e.item_id for e in events if e.user_id == user and e.type == "impression"})
-        assert all(client.seen(user, impressed, at=AT)), user
+        assert all(client.seen(user, sorted(impressed.get(user, ())), at=AT)), user
 
 
 def reference_samples(settings: Settings, events: list[Ev]) -> dict[str, dict[str, object]]:

@@ -6,6 +6,7 @@ order, the watermark and therefore the late flags are those the worker sees.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ class Ev:
     author_id: str | None
 
 
+@functools.cache
 def partition_of(key: str, partitions: int) -> int:
     """Where a murmur2 (Java / aiokafka / librdkafka murmur2_random) producer puts this key."""
     all_parts = list(range(partitions))
