@@ -108,6 +108,7 @@ def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port
     import time
 
     from infra import metrics
+    from infra.topics import require_kafka
     from recstream.canary import Canary
     from serving.client import FeatureClient
     from stream.producer import EventProducer
@@ -118,8 +119,10 @@ def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port
         msg = f"--families: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CANARY_FAMILIES)}"
         raise InputError(msg)
     settings = settings_from_context(ctx)
+    client = FeatureClient(settings=settings)  # Redis first, then Kafka: one clear line for either
+    require_kafka(settings)
     metrics.serve(metrics_port, "--metrics-port")
-    probe = Canary(settings, FeatureClient(settings=settings), timeout_s=timeout, interval_s=interval,
+    probe = Canary(settings, client, timeout_s=timeout, interval_s=interval,
                    families=chosen)
     try:
         with EventProducer(settings) as producer:

@@ -64,7 +64,7 @@ def test_a_redis_password_never_reaches_an_error_line_or_a_log(redis_service: Se
     url = f"redis://serving:{SECRET}@127.0.0.1:{port}/0"
     base = redis_service.settings
     settings = base.model_copy(update={"home": tmp_path, "redis": base.redis.model_copy(update={"url": url})})
-    for args in (["samples", "tail"], ["model", "list"], ["canary", "--rounds", "1", "--metrics-port", "0"]):
+    for args in (["model", "show"], ["model", "list"], ["canary", "--rounds", "1", "--metrics-port", "0"]):
         result = CliRunner().invoke(main, args, obj={"settings": settings})
         assert result.exit_code != 0 and SECRET not in result.output, (args, result.output)
     env = {**os.environ, **to_env(settings)}
