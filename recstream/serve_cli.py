@@ -22,10 +22,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     """Serve features, embeddings and recommendations over HTTP (OpenAPI at /docs)."""
     import uvicorn
 
-    from serving.client import FeatureClient
-
     settings = settings_from_context(ctx)
-    FeatureClient(settings=settings).close()  # one clear line now if Redis is unreachable, not a traceback
     os.environ.update(to_env(settings))  # every uvicorn worker rebuilds exactly these settings
     cfg = settings.serving
     uvicorn.run("serving.http:app_from_env", factory=True, host=host or cfg.host, port=port or cfg.port,
