@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import redis
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
@@ -76,9 +77,9 @@ def _kafka_offsets(admin: AdminClient, group: str, tps: list[TP], timeout: float
     parts = [TopicPartition(t, p) for t, p in tps]
     earliest_f = admin.list_offsets({tp: OffsetSpec.earliest() for tp in parts},  # type: ignore[no-untyped-call]
                                     request_timeout=timeout)
-    earliest = {(tp.topic, tp.partition): f.result().offset for tp, f in earliest_f.items()}
+    earliest = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in earliest_f.items()}
     req = [ConsumerGroupTopicPartitions(group, parts)]
-    result = admin.list_consumer_group_offsets(req, request_timeout=timeout)[group].result()
+    result = admin.list_consumer_group_offsets(req, request_timeout=timeout)[group].result(timeout=timeout)
     committed = {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions}
     return committed, earliest
 
@@ -89,9 +90,9 @@ def _wait_until_empty(admin: AdminClient, group: str, timeout_s: float) -> bool:
     told = False
     while True:
         try:
-            desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
-        except KafkaException:
-            return True  # no such group
+            desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+        except (KafkaException, FutureTimeout):
+            return True  # no such group (or no answer: the move itself reports the error)
         if not desc.members:
             return True
         if time.monotonic() > deadline:
@@ -118,9 +119,9 @@ def reconcile(settings: Settings, client: redis.Redis, timeout: float = 15.0,
         try:
             committed, earliest = _kafka_offsets(admin, group, tps, timeout)
             break
-        except KafkaException as exc:
-            if not transient(exc) or time.monotonic() > deadline:
-                msg = f"cannot read the offsets of group {group!r}: {exc}"
+        except (KafkaException, FutureTimeout) as exc:  # a future that never completes counts as transient
+            if (isinstance(exc, KafkaException) and not transient(exc)) or time.monotonic() > deadline:
+                msg = f"cannot read the offsets of group {group!r}: {exc or 'no answer'}"
                 raise KafkaError(msg) from None
             time.sleep(0.5)  # e.g. the group coordinator still loading just after the broker started
     plan = rewind_plan(committed, applied_offsets(client, group, tps), earliest)
