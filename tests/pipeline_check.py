@@ -180,3 +180,11 @@ def assert_samples_match(settings: Settings, events: list[Ev]) -> int:
 def read_all(settings: Settings, topic: str) -> list[TopicRecord]:
     """Every record of ``topic`` up to its end offsets as the read starts (no consumer group)."""
     return read_last(settings, topic, 10**12)
+
+
+def assert_state_matches(settings: Settings, events: list[Ev]) -> tuple[list[Ev], int]:
+    """Every feature and every distinct sample equals the reference of ``events``: the events in topic order
+    (for further checks) and how many samples were re-emitted (duplicates on the topic)."""
+    ordered = topic_order(settings, events)
+    assert_features_match(settings, ordered)
+    return ordered, assert_samples_match(settings, ordered)

@@ -15,14 +15,7 @@ from infra.settings import Settings
 from infra.topics import ensure_topics
 from tests.chaos.chaos_run import chaos_settings, run_chaos
 from tests.conftest import ServicePair
-from tests.pipeline_check import (
-    assert_features_match,
-    assert_samples_match,
-    distinct_positives,
-    make_stream,
-    private_pipeline,
-    topic_order,
-)
+from tests.pipeline_check import assert_state_matches, distinct_positives, make_stream, private_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +34,7 @@ def test_sigkills_of_worker_and_trainer_lose_and_double_count_nothing(settings: 
                        log_dir=settings.home / "logs" / settings.worker.app_id, rate=1500, progress=print)
     print(f"recovery after each worker SIGKILL: {[round(s, 1) for s in report.recovery_s]} s")
     assert report.worker_kills == 5 and report.trainer_kills == 5
-    events = topic_order(settings, events)
-    assert_features_match(settings, events)
-    assert_samples_match(settings, events)
+    events, _ = assert_state_matches(settings, events)
     store = ModelStore(redis.Redis.from_url(settings.redis.effective_url), settings.redis.shards)
     manifest = store.manifest(store.current() or "")
     assert manifest.samples_seen == distinct_positives(settings, events)

@@ -18,21 +18,14 @@ from infra import kafka_broker, redis_server
 from infra.procs import port_free
 from infra.settings import Settings
 from infra.topics import ensure_topics
+from stream.app import ROLLBACK_EXIT
 from stream.lag import LagProbe
 from stream.worker_process import WorkerProcess
 from tests.chaos.chaos_run import Feed, committed, wait_progress
 from tests.conftest import ServicePair
-from tests.pipeline_check import (
-    assert_features_match,
-    assert_samples_match,
-    make_stream,
-    private_pipeline,
-    produce,
-    topic_order,
-)
+from tests.pipeline_check import assert_state_matches, make_stream, private_pipeline, produce
 
 pytestmark = pytest.mark.integration
-ROLLBACK_EXIT = 75  # the worker's exit code when Redis went back in time under it
 
 
 def _kill_redis(settings: Settings) -> None:
@@ -75,9 +68,7 @@ def test_redis_restored_from_an_older_copy_resumes_from_the_offsets_it_applied(o
     with WorkerProcess(settings, log):  # what a supervisor does: start it again
         probe.wait_until_caught_up(180)
     assert "replaying from" in log.read_text()
-    events = topic_order(settings, events)
-    assert_features_match(settings, events)
-    assert_samples_match(settings, events)
+    assert_state_matches(settings, events)
 
 
 def _supervised(worker: WorkerProcess, settings: Settings, log: Path) -> WorkerProcess:
@@ -117,9 +108,7 @@ def test_redis_sigkill_mid_stream_loses_nothing(own_redis: Settings) -> None:
             time.sleep(0.5)
     finally:
         worker.stop()
-    events = topic_order(settings, events)
-    assert_features_match(settings, events)
-    assert_samples_match(settings, events)
+    assert_state_matches(settings, events)
 
 
 def test_broker_stop_and_restart_mid_stream_loses_nothing(services: ServicePair, redis_client: redis.Redis) -> None:
@@ -141,6 +130,4 @@ def test_broker_stop_and_restart_mid_stream_loses_nothing(services: ServicePair,
         wait_progress(probe, at_restart, 180)
         print(f"broker restart: processing resumed {time.monotonic() - restarted:.1f} s after the broker was back")
         probe.wait_until_caught_up(180)
-    events = topic_order(settings, events)
-    assert_features_match(settings, events)
-    assert_samples_match(settings, events)
+    assert_state_matches(settings, events)

@@ -31,6 +31,7 @@ from tests.pipeline_check import (
     Sample_decoder,
     assert_features_match,
     assert_samples_match,
+    assert_state_matches,
     make_stream,
     private_pipeline,
     produce,
@@ -66,9 +67,7 @@ def test_features_equal_reference_after_crash_and_rewind(pipeline: Settings) -> 
         worker.crash()  # SIGKILL mid-stream: batches applied in Redis but not committed get replayed
     with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
         probe.wait_until_caught_up(180)
-    events = topic_order(settings, events)
-    assert_features_match(settings, events)
-    duplicates = assert_samples_match(settings, events)
+    events, duplicates = assert_state_matches(settings, events)
 
     # rewind the consumer group of every source topic to the start and process everything again
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
