@@ -57,6 +57,11 @@ FRESHNESS_SECONDS = Histogram(
     "recstream_event_to_feature_seconds", "Wall time from event ts to its features being written",
     ["agent"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
+STALE_WRITES_REFUSED = Counter(
+    "recstream_stale_writes_refused",
+    "Clock or join-checkpoint writes refused because Redis already holds a later position (a worker that lost "
+    "the partition in a rebalance finishing its batch)", ["state"],
+)
 REPLAYED_SKIPPED = Counter(
     "recstream_replayed_events_skipped", "Events skipped by the replay guard (already applied)", ["stage"]
 )

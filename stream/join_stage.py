@@ -206,8 +206,9 @@ class JoinStage:
                         part.state_bytes[user] = len(blob)
             calls.append(([self._keys.join_state(shard, p)], [f"{offset}:{index}", self._ttl_ms, len(args) // 2,
                                                                 *args, *gone]))
-        if calls:
-            self._script.run(self._redis, calls)
+        refused = len(calls) - sum(self._script.run(self._redis, calls)) if calls else 0
+        if refused:  # a later owner of the partition checkpointed already: its states stand
+            metrics.STALE_WRITES_REFUSED.labels(state="join").inc(refused)
         metrics.JOIN_STATE_BYTES.set(sum(part.total_bytes for part in self._parts.values()))
 
     def _observe(self, out: JoinOutput) -> None:

@@ -24,6 +24,7 @@ import redis
 
 from infra import keys, metrics
 from infra.clock import Clock, now_ms
+from infra.lua import Script
 
 NO_TS = -1
 
@@ -73,6 +74,7 @@ class WatermarkStore:
         self._group = group
         self._topic = topic
         self._lateness_ms = lateness_ms
+        self._script = Script("clock_save.lua")
 
     def load(self, partitions: Iterable[int]) -> dict[int, PartitionClock]:
         """The persisted clocks of these partitions (fresh ones for partitions never seen)."""
@@ -92,18 +94,17 @@ class WatermarkStore:
         return clocks
 
     def save(self, clocks: dict[int, PartitionClock]) -> None:
-        """Persist clocks; call only after the batch's feature writes succeeded and its dead letters were
-        delivered."""
-        pipe = self._redis.pipeline(transaction=False)
+        """Persist clocks, only forward (``clock_save.lua``: a worker that lost a partition in a rebalance
+        cannot put its older clock back); call only after the batch's feature writes succeeded and its
+        dead letters were delivered."""
         now_s = self._clock() / 1000
+        calls = [([keys.watermark(self._group, self._topic, p)], [c.max_ts, c.offset, c.index, c.next_offset])
+                 for p, c in clocks.items()]
+        refused = len(calls) - sum(self._script.run(self._redis, calls)) if calls else 0
+        if refused:
+            metrics.STALE_WRITES_REFUSED.labels(state="clock").inc(refused)
         for p, clock in clocks.items():
-            pipe.hset(
-                keys.watermark(self._group, self._topic, p),
-                mapping={"max_ts": clock.max_ts, "offset": clock.offset, "index": clock.index,
-                         "next": clock.next_offset},
-            )
             if clock.max_ts != NO_TS:
                 metrics.EVENT_TIME_LAG.labels(topic=self._topic, partition=str(p)).set(
                     max(0.0, now_s - clock.max_ts / 1000)
                 )
-        pipe.execute()

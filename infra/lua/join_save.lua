@@ -5,8 +5,20 @@
 --         field "\0pos" -> "offset:index", the source position the states hold
 -- ARGV[1] that position, ARGV[2] the wall-clock safety TTL in ms (0 = none), ARGV[3] n = states to set,
 -- ARGV[4 .. 3 + 2n] user, state pairs, then the users whose state is gone
+-- Returns 1 written, 0 refused: the hash already holds a later position (a worker that lost the
+-- partition in a rebalance finishing a batch must not put older states over its new owner's).
 
 local CHUNK = 2000
+local function position(raw)
+  local o, x = string.match(raw, '^(%-?%d+):(%-?%d+)$')
+  return tonumber(o), tonumber(x)
+end
+local stored = redis.call('HGET', KEYS[1], '\0pos')
+if stored then
+  local so, sx = position(stored)
+  local no, nx = position(ARGV[1])
+  if so > no or (so == no and sx > nx) then return 0 end
+end
 local n = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], '\0pos', ARGV[1])
 local last = 3 + 2 * n
