@@ -4,13 +4,15 @@
 #
 #   1. apt packages, only when missing: python3-venv (if `python3 -m venv` fails), redis-server,
 #      openjdk-17-jre-headless (if no java), maven (if no mvn), prometheus (if no promtool). Needs root
-#      or passwordless sudo.
+#      or passwordless sudo. With RECSTREAM_BOOTSTRAP_DEMO=1 (`make demo` sets it) also chromium (if no
+#      /usr/bin/chromium): the demo's headless check that its HTML report renders.
 #   2. .venv + `pip install -e '.[dev,bench]'` (re-run only when pyproject.toml changed; the pip
 #      cache stays in the default user cache and is reused across runs).
 #   3. the Kafka broker jars from Maven Central into the shared per-version cache
 #      (python -m infra.kafka_broker --fetch-jars; once per Kafka version).
 #
-# Environment: PYTHON (default python3, must be >= 3.11), VENV (default .venv).
+# Environment: PYTHON (default python3, must be >= 3.11), VENV (default .venv), RECSTREAM_BOOTSTRAP_DEMO
+# (1: the demo's packages too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +51,10 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # alert-rule tests (promtool), monitoring
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
+fi
+# the demo renders its HTML report headless; without chromium it only skips that check, so not fatal
+if [ "${RECSTREAM_BOOTSTRAP_DEMO:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+    (apt_install chromium) || say "chromium could not be installed: the demo will skip its render check"
 fi
 
 # ---- 2. virtualenv + package ----------------------------------------------------------------------

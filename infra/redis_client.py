@@ -1,5 +1,10 @@
 """Redis clients for recstream: one place that connects, checks a client, and words a missing server.
 
+With ``redis.cluster`` set, :func:`connect` returns a :class:`redis.cluster.RedisCluster` (typed as
+``redis.Redis``: it speaks the same command API). Every key carries its shard's hash tag and every script
+call touches one shard, so commands route by slot; the few multi-key reads go through :func:`mget` and
+:func:`write_packed`, which split them per node.
+
 Feature values (tile blobs, sequence members, Bloom bitmaps) are binary, so every recstream client uses
 ``decode_responses=False``; :func:`require_binary_client` refuses any other.
 
@@ -12,21 +17,29 @@ ValueError: recstream feature clients need decode_responses=False (values are bi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis
+from redis.cluster import RedisCluster
 
 from infra.errors import ConfigError, InfraError
 from infra.keys import LAYOUT_KEY
 from infra.redis_server import redact
 
-__all__ = ["check_layout", "connect", "require_binary_client", "unreachable", "write_packed"]
+__all__ = ["check_layout", "connect", "is_cluster", "mget", "require_binary_client", "unreachable", "write_packed"]
+
+
+def is_cluster(client: redis.Redis) -> bool:
+    """True for a :class:`~redis.cluster.RedisCluster` client."""
+    return isinstance(client, RedisCluster)
 
 
 def require_binary_client(client: redis.Redis) -> None:
     """Feature blobs and sequence members are binary: refuse a client with ``decode_responses=True``."""
-    if client.connection_pool.connection_kwargs.get("decode_responses"):
+    kwargs = (cast(RedisCluster, client).nodes_manager.connection_kwargs if is_cluster(client)
+              else client.connection_pool.connection_kwargs)
+    if kwargs.get("decode_responses"):
         msg = "recstream feature clients need decode_responses=False (values are binary)"
         raise ValueError(msg)
 
@@ -42,10 +55,18 @@ def unreachable(url: str, exc: BaseException) -> InfraError:
     )
 
 
-def connect(url: str, *, check: bool = True, timeout_s: float = 5.0) -> redis.Redis:
-    """A binary client for ``url``; with ``check`` it is pinged once and an unreachable server raises
-    :func:`unreachable`'s :class:`~infra.errors.InfraError` instead of redis-py's traceback."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s)
+def connect(url: str, *, cluster: bool = False, check: bool = True, timeout_s: float = 5.0,
+            **kwargs: Any) -> redis.Redis:
+    """A binary client for ``url`` (a :class:`~redis.cluster.RedisCluster` with ``cluster``: ``url`` names
+    any node); with ``check`` it is pinged once and an unreachable server raises :func:`unreachable`'s
+    :class:`~infra.errors.InfraError` instead of redis-py's traceback."""
+    if cluster:
+        try:
+            client = cast(redis.Redis, RedisCluster.from_url(url, socket_connect_timeout=timeout_s, **kwargs))
+        except redis.RedisError as exc:  # the cluster's slot map is read at construction
+            raise unreachable(url, exc) from None
+    else:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, **kwargs)
     if check:
         try:
             client.ping()
@@ -69,12 +90,27 @@ def check_layout(client: redis.Redis, shards: int, *, claim: bool = False) -> No
         raise ConfigError(msg)
 
 
+def mget(client: redis.Redis, keys: Sequence[str]) -> list[Any]:
+    """``MGET keys`` (values in key order); on a cluster one ``MGET`` per slot (keys span shards)."""
+    if not keys:
+        return []
+    if is_cluster(client):
+        return list(cast(RedisCluster, client).mget_nonatomic(list(keys)))
+    return list(client.mget(keys))
+
+
 def write_packed(client: redis.Redis, commands: Sequence[Sequence[bytes | str | int | float]]) -> list[Any]:
     """Run ``commands`` in one round trip on one pooled connection, packed by hiredis in C: a redis-py
     pipeline spends ~1 µs of Python per argument, which dominates very wide writes (a publish of 100k
     embedding rows is ~270k arguments). An error reply raises after the connection is dropped (so no
-    reply is left unread on a pooled connection).
+    reply is left unread on a pooled connection). On a cluster: one pipeline, one round trip per node
+    (each command goes to its key's slot; a multi-key command must stay in one slot).
     """
+    if is_cluster(client):
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        return list(pipe.execute())
     packed = [hiredis.pack_command(tuple(c)) for c in commands]  # type: ignore[arg-type]
     pool = client.connection_pool
     conn: Any = pool.get_connection()

@@ -97,6 +97,20 @@ class RedisSettings(_Section):
         description="shards per entity kind (one cluster slot each); the worker makes one Lua call per shard "
         "and batch; fixed for the life of the data (rebuild to change it)",
     )
+    cluster: bool = Field(
+        False, description="url names a node of a Redis Cluster (clients route by slot; shards spread over its "
+        "masters); needs url",
+    )
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> RedisSettings:
+        if self.cluster and not self.url:
+            msg = "redis.cluster needs redis.url (a node of the cluster, e.g. RECSTREAM_REDIS_URL=redis://host:7000)"
+            raise ValueError(msg)
+        if self.cluster and self.db:
+            msg = "redis.cluster needs redis.db = 0 (a Redis Cluster has one database)"
+            raise ValueError(msg)
+        return self
 
     @property
     def effective_url(self) -> str:

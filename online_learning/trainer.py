@@ -201,7 +201,7 @@ class Trainer:
 def run_trainer(settings: Settings, until_idle_s: float | None = None, metrics_log: Path | None = None) -> Trainer:
     """``recstream trainer``: run until SIGTERM / SIGINT, or until ``until_idle_s`` seconds pass without a
     record (then publish once more and return)."""
-    client = connect(settings.redis.effective_url)
+    client = connect(settings.redis.effective_url, cluster=settings.redis.cluster)
     check_layout(client, settings.redis.shards)
     ensure_topics(settings)
     metrics.serve(settings.learning.metrics_port, "RECSTREAM_LEARNING_METRICS_PORT")

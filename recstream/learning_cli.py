@@ -23,7 +23,7 @@ __all__ = ["full_update", "model", "trainer"]
 
 
 def _store(settings: Settings) -> ModelStore:
-    client: redis.Redis = connect(settings.redis.effective_url)
+    client: redis.Redis = connect(settings.redis.effective_url, cluster=settings.redis.cluster)
     return ModelStore(client, settings.redis.shards)
 
 

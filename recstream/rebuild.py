@@ -101,7 +101,7 @@ def _skip_replayed_samples(admin: AdminClient, settings: Settings) -> None:
 
 def run_rebuild(settings: Settings, flush: bool, timeout_s: float = 6 * 3600) -> RebuildResult:
     """Replay the retained topics into this Redis (see the module docstring)."""
-    client = connect(settings.redis.effective_url)
+    client = connect(settings.redis.effective_url, cluster=settings.redis.cluster)
     check_layout(client, settings.redis.shards)
     require_kafka(settings)
     ensure_topics(settings)

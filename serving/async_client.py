@@ -27,6 +27,7 @@ from filters.model_store import unpack_vector
 from filters.sequences import decode_member
 from infra import metrics
 from infra.clock import Clock, now_ms
+from infra.errors import ConfigError
 from infra.keys import LAYOUT_KEY, MODEL_CURRENT
 from infra.redis_client import unreachable
 from infra.settings import Settings, load_settings
@@ -48,6 +49,9 @@ class AsyncFeatureClient:
     """The async twin of :class:`serving.client.FeatureClient`; build it with :meth:`connect`."""
 
     def __init__(self, url: str, settings: Settings, clock: Clock, **redis_kwargs: Any) -> None:
+        if settings.redis.cluster:
+            msg = "AsyncFeatureClient does not support redis.cluster yet: use serving.client.FeatureClient"
+            raise ConfigError(msg)
         self.settings, self.url, self._clock = settings, url, clock
         self.redis = aioredis.Redis.from_url(url, **redis_kwargs)
         planning = redis.Redis.from_url(url)  # pure parts only: never used for IO here

@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 
 from infra import metrics
 from infra.clock import Clock, now_ms
-from infra.redis_client import check_layout, unreachable, write_packed
+from infra.redis_client import check_layout, connect, unreachable, write_packed
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
 from serving.gather import Op
@@ -50,7 +50,7 @@ class FeatureClient:
         defaults every read's ``at``."""
         self.settings = settings or load_settings()
         url = redis_url or self.settings.redis.effective_url
-        self.redis = redis.Redis.from_url(url, **redis_kwargs)
+        self.redis = connect(url, cluster=self.settings.redis.cluster, check=False, **redis_kwargs)
         try:
             check_layout(self.redis, self.settings.redis.shards)
         except redis.RedisError as exc:

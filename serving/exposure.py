@@ -42,6 +42,7 @@ from infra.metrics import (
     BLOOM_FILTERED,
     BLOOM_SLICES_PER_USER,
 )
+from infra.redis_client import connect
 from infra.settings import Settings, load_settings
 
 _PARAMS: dict[bytes, tuple[int, int, int]] = {}
@@ -140,7 +141,7 @@ class ExposureReader:
         """Connect to ``redis_url`` (None = ``settings.redis.effective_url``)."""
         settings = settings or load_settings()
         url = redis_url or settings.redis.effective_url
-        return cls(redis.Redis.from_url(url), settings)
+        return cls(connect(url, cluster=settings.redis.cluster, check=False), settings)
 
     def read_call(self, user_id: str, at: int | None = None) -> tuple[Any, ...]:
         """The ``EVALSHA`` arguments of the read script for ``user_id`` at ``at`` (for a caller's pipeline;

@@ -1,5 +1,5 @@
-"""Pipeline calls as data (:class:`Op`) and the per-shard gathering of hash fields (:class:`Gather`),
-shared by ``request_features`` and the model reads.
+"""Pipeline calls as data (:class:`Op`), the per-shard gathering of hash fields (:class:`Gather`) and of
+string keys (:class:`KeyGather`), shared by ``request_features``, the statistics and the model reads.
 
 redis-py spends ~30 µs of Python per command, so reading one field per id (1,000 candidates' vectors)
 costs more than the reads themselves; one ``HMGET`` per shard hash costs a few.
@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Gather", "Op"]
+__all__ = ["Gather", "KeyGather", "Op", "hash_slot_tag"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,25 @@ class Op:
     method: str
     args: tuple[Any, ...]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def hash_slot_tag(key: str) -> str:
+    """What Redis Cluster hashes to place ``key``: the text of its first non-empty ``{…}``, else the key.
+
+    >>> hash_slot_tag("rs2:{i.3}:i9:st"), hash_slot_tag("rs2:{}:x"), hash_slot_tag("plain")
+    ('i.3', 'rs2:{}:x', 'plain')
+    """
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else key
+
+
+def _scatter(n: int, groups: Sequence[Sequence[int]], replies: Sequence[Sequence[Any]]) -> list[Any]:
+    out: list[Any] = [None] * n
+    for idx, vals in zip(groups, replies, strict=True):
+        for k, v in zip(idx, vals, strict=True):
+            out[k] = v
+    return out
 
 
 class Gather:
@@ -45,8 +64,28 @@ class Gather:
 
     def values(self, replies: Sequence[Sequence[Any]]) -> list[Any]:
         """The field values in the order of the ids, from the replies of :attr:`ops`."""
-        out: list[Any] = [None] * self._n
-        for idx, vals in zip(self._groups, replies, strict=True):
-            for k, v in zip(idx, vals, strict=True):
-                out[k] = v
-        return out
+        return _scatter(self._n, self._groups, replies)
+
+
+class KeyGather:
+    """The values of many string keys: one ``MGET``, or with ``per_slot`` (a Redis Cluster, where a
+    multi-key command must stay in one slot) one ``MGET`` per hash tag; :meth:`values` in key order.
+
+    >>> g = KeyGather(["a{1}", "b{2}", "c{1}"], per_slot=True)
+    >>> [op.args for op in g.ops], g.values([[10, 30], [20]])
+    ([(['a{1}', 'c{1}'],), (['b{2}'],)], [10, 20, 30])
+    >>> [op.args for op in KeyGather(["a{1}", "b{2}"], per_slot=False).ops]
+    [(['a{1}', 'b{2}'],)]
+    """
+
+    def __init__(self, keys: Sequence[str], per_slot: bool) -> None:
+        self._n = len(keys)
+        groups: dict[str, list[int]] = {}
+        for k, key in enumerate(keys):
+            groups.setdefault(hash_slot_tag(key) if per_slot else "", []).append(k)
+        self._groups = list(groups.values()) if keys else []
+        self.ops = [Op("mget", ([keys[k] for k in idx],)) for idx in self._groups]
+
+    def values(self, replies: Sequence[Sequence[Any]]) -> list[Any]:
+        """The values in the order of the keys, from the replies of :attr:`ops`."""
+        return _scatter(self._n, self._groups, replies)

@@ -33,7 +33,7 @@ from filters.towers import history_mean, user_vectors
 from infra.errors import ModelError
 from infra.keys import MODEL_CURRENT, model_key, watermark
 from serving.exposure import ExposureReader, seen_in_hashes
-from serving.gather import Gather, Op
+from serving.gather import Gather, KeyGather, Op
 from serving.model import ModelReader
 from serving.sequences import Entry, SequenceReader, entries_of
 from serving.stats import StatsMatrix, StatsReader
@@ -113,7 +113,9 @@ class FeatureRequest:
         if s.user_stats:
             self._add("user_stats", [Op("mget", ([self.stats.keys.stats("user", u)],))])
         if s.candidate_stats and self.candidates:
-            self._add("candidate_stats", [Op("mget", (self.stats.keys.stats_keys("item", self.candidates),))])
+            self._candidate_stats = KeyGather(self.stats.keys.stats_keys("item", self.candidates),
+                                              self.stats.settings.redis.cluster)
+            self._add("candidate_stats", self._candidate_stats.ops)
         if s.metadata:
             self._add("metadata", [Op("hgetall", (self.stats.keys.item_meta(c),)) for c in self.candidates])
         self._add_model_reads("model1")
@@ -169,8 +171,8 @@ class FeatureRequest:
         unseen = ~seen_in_hashes(r["exposure"][0], self._hashes) if self._hashes is not None else None
         user_stats = self.stats.compute(r["user_stats"][0], [self.user_id], s.windows, None, self.at) \
             if s.user_stats else None
-        cand = self.stats.compute(r["candidate_stats"][0], self.candidates, s.windows, None, self.at) \
-            if "candidate_stats" in r else None
+        cand = self.stats.compute(self._candidate_stats.values(r["candidate_stats"]), self.candidates, s.windows,
+                                  None, self.at) if "candidate_stats" in r else None
         meta = [{k.decode(): v.decode() for k, v in h.items()} for h in r["metadata"]] if s.metadata else None
         vec, scores, published = self._model_part(last_n)
         marks = [int(x) for x in r["watermarks"] if x is not None]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +25,7 @@ from filters.events import EVENT_TYPES
 from filters.tiles import COUNTERS, TileLayout, decode_blobs, window_counts
 from infra.clock import Clock, now_ms
 from infra.keys import ENTITY_KINDS, KeyLayout
-from infra.redis_client import require_binary_client
+from infra.redis_client import mget, require_binary_client
 from infra.settings import Settings
 
 __all__ = ["RATES", "StatsMatrix", "StatsReader", "features"]
@@ -152,9 +151,10 @@ class StatsReader:
         at: int | None = None,
     ) -> StatsMatrix:
         """Features of many entities of one ``kind`` (``user``, ``item``, ``author``, ``user_category``
-        with ``(user_id, category)`` ids) in one ``MGET``; ``at`` = epoch ms (default: now)."""
+        with ``(user_id, category)`` ids) in one ``MGET`` (one per slot on a Redis Cluster); ``at`` = epoch ms
+        (default: now)."""
         keys = self.keys_of(kind, ids)
-        blobs: list[Any] = self.client.mget(keys) if keys else []
+        blobs = mget(self.client, keys)
         return self.compute(blobs, ids, windows, actions, at)
 
     def keys_of(self, kind: str, ids: Sequence[EntityId]) -> list[str]:

@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> faust.App:
         web_port=worker.web_port,
         producer_compression_type="lz4",
     )
-    client = redis.Redis.from_url(settings.redis.effective_url)
+    client = connect(settings.redis.effective_url, cluster=settings.redis.cluster, check=False)
     dlq = app.topic(kafka.dlq_topic, **RAW)
     n, within = worker.batch_size, worker.batch_within_s
 
@@ -163,7 +163,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     # the Redis I/O thread needs the GIL for every reply it reads while the stage thread prepares the next
     # chunk: hand the GIL over every 0.5 ms instead of every 5 ms, or Redis idles between pipelines
     sys.setswitchinterval(GIL_SWITCH_S)
-    client = connect(settings.redis.effective_url)
+    client = connect(settings.redis.effective_url, cluster=settings.redis.cluster)
     check_layout(client, settings.redis.shards, claim=True)
     require_kafka(settings)
     reconcile(settings, client)  # resume from what Redis applied, not from Kafka's commits

@@ -32,7 +32,7 @@ class ExposureWriter:
 
     Usage, once per batch, after the batch's watermark is known::
 
-        writer = ExposureWriter(redis.Redis.from_url(settings.redis.effective_url), settings)
+        writer = ExposureWriter(connect(settings.redis.effective_url, cluster=settings.redis.cluster), settings)
         writer.add({"u1": [("i1", ts1), ("i2", ts2)]}, watermark_ms=partition_watermark)
     """
 
