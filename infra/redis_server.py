@@ -179,7 +179,7 @@ def start(settings: Settings, timeout: float = START_TIMEOUT_S) -> int | None:
     """
     redis = settings.redis
     if not redis.managed:
-        if not ping(redis.url, timeout=2.0):
+        if not ping(redis.effective_url, timeout=2.0):
             msg = (f"the external Redis at {redact(redis.url)} (RECSTREAM_REDIS_URL) does not answer PING; "
                    "start it or fix the URL")
             raise InfraError(msg)

@@ -80,7 +80,7 @@ def redis_status(settings: Settings) -> ServiceStatus:
     redis = settings.redis
     address = redis_server.redact(redis.effective_url)
     if not redis.managed:
-        return ServiceStatus("redis", redis_server.ping(redis.url), None, address, None, managed=False)
+        return ServiceStatus("redis", redis_server.ping(redis.effective_url), None, address, None, managed=False)
     pid = redis_server.running_pid(settings)
     up = pid is not None and redis_server.ping(redis.effective_url)
     return ServiceStatus("redis", up, pid, address, redis_server.RedisPaths.of(settings).log)

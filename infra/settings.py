@@ -84,6 +84,9 @@ class KafkaSettings(_Section):
         return self
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
 class RedisSettings(_Section):
     """The Redis server; ``url`` set means "use this existing Redis, start none"."""
 
@@ -99,13 +102,15 @@ class RedisSettings(_Section):
     )
     cluster: bool = Field(
         False, description="url names a node of a Redis Cluster (clients route by slot; shards spread over its "
-        "masters); needs url",
+        "masters); needs url; a redis+cluster:// (rediss+cluster://) url sets it",
     )
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> RedisSettings:
+        if self.url.startswith(CLUSTER_SCHEMES):
+            object.__setattr__(self, "cluster", True)
         if self.cluster and not self.url:
-            msg = "redis.cluster needs redis.url (a node of the cluster, e.g. RECSTREAM_REDIS_URL=redis://host:7000)"
+            msg = "redis.cluster needs redis.url (a node of the cluster, e.g. RECSTREAM_REDIS_URL=redis+cluster://host:7000)"
             raise ValueError(msg)
         if self.cluster and self.db:
             msg = "redis.cluster needs redis.db = 0 (a Redis Cluster has one database)"
@@ -114,6 +119,13 @@ class RedisSettings(_Section):
 
     @property
     def effective_url(self) -> str:
+        """The URL clients connect to (a ``+cluster`` scheme without it: redis-py's scheme).
+
+        >>> RedisSettings(url="redis+cluster://10.0.0.5:7000").effective_url, RedisSettings(port=7).effective_url
+        ('redis://10.0.0.5:7000', 'redis://127.0.0.1:7/0')
+        """
+        if self.url.startswith(CLUSTER_SCHEMES):
+            return self.url.replace("+cluster://", "://", 1)
         return self.url or f"redis://{self.host}:{self.port}/{self.db}"
 
     @property

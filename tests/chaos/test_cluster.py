@@ -3,7 +3,8 @@
 Two workers share the 8 partitions while events stream in, the trainer beside them; one worker and the
 trainer are SIGKILLed and restarted. Afterwards every Bloom answer, last-N sequence and statistic equals the
 brute-force reference, the distinct samples equal the reference join, the trainer trained every distinct
-positive once, the data is spread over all three masters, and the serving layer answers from the cluster.
+positive once, the data is spread over all three masters, the serving layer answers from the cluster, and
+`recstream rebuild --flush` rebuilds the same features into it.
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from filters.model_store import ModelStore
 from infra.redis_client import connect
 from infra.redis_cluster import LocalCluster, running_cluster
-from infra.settings import Settings
+from infra.settings import RedisSettings, Settings
 from infra.topics import ensure_topics
+from recstream.cli import main
 from serving.client import FeatureClient
 from stream.worker_process import WorkerProcess
 from tests.chaos.chaos_run import chaos_settings, run_chaos
 from tests.conftest import ServicePair, free_ports
-from tests.pipeline_check import assert_state_matches, distinct_positives, make_stream, private_pipeline
+from tests.pipeline_check import (
+    assert_features_match,
+    assert_state_matches,
+    distinct_positives,
+    make_stream,
+    private_pipeline,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +48,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture
 def settings(services: ServicePair, cluster: LocalCluster, tmp_path: Path) -> Iterator[Settings]:
     base = chaos_settings(private_pipeline(services.settings))
-    s = base.model_copy(update={"home": tmp_path, "redis": base.redis.model_copy(
-        update={"url": cluster.url, "cluster": True})})
+    url = cluster.url.replace("redis://", "redis+cluster://")  # the scheme alone says "cluster"
+    s = base.model_copy(update={"home": tmp_path, "redis": RedisSettings(url=url, shards=base.redis.shards)})
+    assert s.redis.cluster
     ensure_topics(s)
     yield s
 
@@ -75,3 +85,8 @@ def test_two_workers_and_the_trainer_on_a_cluster_equal_the_reference(settings: 
     shown = {i for i, seen in zip(items, client.seen(user, items), strict=True) if seen}
     recommended = [item for item, _ in client.recommend(user, k=10).items]
     assert recommended and not shown & set(recommended)
+
+    # the cluster lost its feature keys: `recstream rebuild --flush` (a SCAN and UNLINK over every master)
+    result = CliRunner().invoke(main, ["rebuild", "--flush"], obj={"settings": settings})
+    assert result.exit_code == 0 and "rebuilt after deleting" in result.output, result.output
+    assert_features_match(settings, events)
