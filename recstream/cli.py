@@ -157,12 +157,16 @@ def rebuild(ctx: click.Context, flush: bool) -> None:
 
 
 BENCHMARKS = {
+    "all": "bench.all_bench",
     "chaos": "bench.chaos_bench",
+    "freshness": "bench.freshness_bench",
+    "cost": "bench.cost_bench",
     "ingest": "bench.ingest_bench",
     "join": "bench.join_bench",
     "learning": "bench.learning_bench",
     "learning-quality": "bench.learning_quality",
     "bloom": "bench.bloom_bench",
+    "peers": "bench.peers_bench",
     "reads": "bench.reads_bench",
     "serving": "bench.serving_bench",
     "stats": "bench.stats_bench",
