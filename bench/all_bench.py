@@ -43,7 +43,7 @@ STEPS = [
         "quick": ["--events", "40000", "--only", "aiokafka-batched,worker-1p,worker-2p"]},
         "ingest", "Throughput: raw consumers, Faust and the worker (1 and 2 processes), every family on"),
     Step("freshness", "bench.freshness_bench", {
-        "full": ["--seconds", "30"], "quick": ["--seconds", "12", "--backlog", "30000", "--fractions", "0.5"]},
+        "full": ["--seconds", "30"], "quick": ["--seconds", "25", "--backlog", "30000", "--fractions", "0.5"]},
         "freshness", "Freshness per family at fractions of the sustained maximum"),
     Step("reads", "bench.reads_bench", {"full": [], "quick": ["--iterations", "300"]}, "reads",
          "Read latencies (last_n, stats_multi)"),

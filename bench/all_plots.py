@@ -72,7 +72,7 @@ def plot_reads(results: dict[str, dict[str, Any]], out: Path) -> str | None:
     bars: list[tuple[str, float, float]] = []
     latency = ((results.get("reads") or {}).get("data") or {}).get("latency") or {}
     bars += [(k, v["p50_us"] / 1000, v["p99_us"] / 1000) for k, v in latency.items()
-             if not k.startswith(" ") and "write" not in k]
+             if not k.startswith(" ") and not any(w in k for w in ("write", "batch", "to_dicts"))]
     bloom = ((results.get("bloom") or {}).get("data") or {}).get("implementations", {}).get("recstream", {})
     if bloom.get("e2e"):
         bars.append(("filter_unseen 1,000 candidates", bloom["e2e"]["p50_us"] / 1000, bloom["e2e"]["p99_us"] / 1000))

@@ -85,18 +85,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="loads: fractions of the maximum, or events/s when above 1")
     parser.add_argument("--seconds", type=float, default=30.0, help="live traffic per fraction")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--batch-within-s", type=float, default=None,
+                        help="the worker's worker.batch_within_s (default: the settings' default)")
     parser.add_argument("--logs", type=Path, default=None, help="keep the processes' logs here (default: temp)")
     args = parser.parse_args(argv)
     fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
     logging.getLogger("recstream.producer").setLevel(logging.ERROR)
     with private_services() as base:
-        settings = with_sections(base, worker={"app_id": "bench-freshness", "metrics_port": 0})
+        worker: dict[str, Any] = {"app_id": "bench-freshness", "metrics_port": 0}
+        if args.batch_within_s is not None:
+            worker["batch_within_s"] = args.batch_within_s
+        settings = with_sections(base, worker=worker)
         ensure_topics(settings)
         max_eps = args.max_eps or measure_max(base, args.backlog)
         logs = args.logs or base.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         rows = run_fractions(settings, max_eps, fractions, args.seconds, logs)
     results = {"max_eps": max_eps, "max_measured": not args.max_eps, "seconds": args.seconds, "rows": rows,
+               "batch_within_s": settings.worker.batch_within_s,
                "goal": {"p99_ms": GOAL_P99_MS, "at_eps": GOAL_AT_EPS}}
     print(write_results(args.out, "freshness", results, _table(max_eps, rows)).read_text())
 
