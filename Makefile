@@ -12,7 +12,8 @@ bootstrap:
 	@VENV=$(VENV) bash infra/bootstrap.sh
 
 ## demo: start Kafka + Redis, run the end-to-end demo
-demo: bootstrap
+demo:
+	@VENV=$(VENV) RECSTREAM_BOOTSTRAP_DEMO=1 bash infra/bootstrap.sh
 	$(VENV)/bin/recstream demo
 
 ## test: the whole suite (unit, doctests, integration against a private Kafka + Redis)
