@@ -40,6 +40,12 @@ class RedisRollbackError(StateError):
     its restart resumes from the offsets Redis says were applied (stream.resume)."""
 
 
+class SourceGapError(StateError):
+    """A batch starts past the next offset Redis says is unapplied: records in between were taken from
+    Kafka but never applied (a consumer that lost its buffer). The worker stops instead of moving on (its
+    clock would then cover them: lost for good), and its restart resumes from what Redis applied."""
+
+
 class InputError(RecstreamError):
     """A user-supplied input file or argument is unusable (missing file, unknown format, bad line)."""
 

@@ -156,6 +156,10 @@ class WorkerSettings(_Section):
     max_age_ms: int = Field(
         31 * MS_PER_DAY, ge=0, description="an event this far behind the newest event time of its partition is "
         "beyond every feature horizon and dead-lettered (too_old); 0 = off")
+    gap_check: bool = Field(
+        True, description="stop (exit 75) when a batch starts past the next unapplied offset of its partition "
+        "(records taken but never applied); turn off only for topics written by transactional producers, whose "
+        "commit markers take offsets")
     store: str = "memory://"
 
 

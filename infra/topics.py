@@ -142,3 +142,33 @@ def _wait_for_leaders(admin: Any, settings: Settings, specs: list[TopicSpec], ti
             msg = f"Kafka topics {pending} have partitions without a leader after {timeout:.0f}s"
             raise KafkaError(msg)
         time.sleep(0.1)
+
+
+class CommittedOffsets:
+    """A consumer group's committed offsets, read by a consumer of that group that never subscribes (so it
+    never joins the group nor triggers a rebalance).
+
+    Not ``AdminClient.list_consumer_group_offsets``: when the broker answers it NOT_COORDINATOR (just
+    after a broker start, or when the coordinator moves), librdkafka dereferences the admin client's
+    missing consumer group and the process dies with SIGSEGV (confluentinc/librdkafka#5040, open in
+    2.16); a consumer's own group handles that answer and asks the coordinator again.
+    """
+
+    def __init__(self, settings: Settings, group: str, name: str) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer({**client_config(settings.kafka, name), "group.id": group,
+                                   "enable.auto.commit": False})
+
+    def read(self, partitions: list[Any], timeout: float) -> dict[tuple[str, int], int | None]:
+        """``(topic, partition) -> committed offset`` (None: nothing committed); KafkaException on failure."""
+        from confluent_kafka import KafkaException
+
+        got = self._consumer.committed(partitions, timeout=timeout)
+        failed = [tp.error for tp in got if tp.error is not None]
+        if failed:
+            raise KafkaException(failed[0])
+        return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in got}
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -20,14 +20,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import faust
 import redis
 from faust.types import TP, EventT
 
 from infra import metrics
-from infra.errors import RedisRollbackError
+from infra.errors import RedisRollbackError, SourceGapError
 from infra.kafka_log import faust_credentials
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
@@ -38,7 +38,10 @@ from stream.resume import reconcile
 
 log = logging.getLogger(__name__)
 GIL_SWITCH_S = 0.0005
-ROLLBACK_EXIT = 75  # EX_TEMPFAIL: Redis lost acknowledged writes under the worker; start it again
+# EX_TEMPFAIL: the worker stopped on purpose and must be started again: Redis lost acknowledged writes under
+# it, a batch skipped unapplied records, or a batch failed (Faust would restart the agent and lose the
+# records it had buffered); the restart resumes from the offsets Redis says were applied (stream.resume)
+ROLLBACK_EXIT = 75
 T = TypeVar("T")
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
@@ -60,12 +63,20 @@ def _observe_lag(app: faust.App, group: str, events: Sequence[EventT[bytes]]) ->
     for (topic, partition), msg in newest.items():
         try:
             highwater = app.consumer.highwater(TP(topic, partition))
-        except (KeyError, AttributeError):  # not fetched yet, or the consumer is rebalancing
+        except (KeyError, AttributeError, AssertionError):  # not fetched yet, or revoked by a rebalance
             highwater = None
         messages, seconds = partition_lag(highwater, msg.offset, msg.timestamp, now)
         labels = {"group": group, "topic": topic, "partition": str(partition)}
         metrics.CONSUMER_LAG.labels(**labels).set(messages)
         metrics.CONSUMER_LAG_SECONDS.labels(**labels).set(seconds)
+
+
+def _stop(line: str) -> NoReturn:
+    """Log one line and exit with :data:`ROLLBACK_EXIT` at once: no commit, no flush (Faust would restart a
+    crashed agent and drop the records it had buffered; a restart resumes from Redis's offsets instead)."""
+    log.error("%s", line)
+    logging.shutdown()
+    os._exit(ROLLBACK_EXIT)
 
 
 async def _retry_redis(agent_name: str, work: Callable[[], T]) -> T:
@@ -123,12 +134,14 @@ def create_app(settings: Settings) -> faust.App:
             async with lock:
                 try:
                     out: StageOutput = await _retry_redis(agent_name, functools.partial(stage.process, records))
-                except RedisRollbackError as exc:
-                    log.error("%s: %s", agent_name, exc)
-                    logging.shutdown()
-                    os._exit(ROLLBACK_EXIT)  # no commit, no flush: the restart resumes from Redis's offsets
-                await emit(out)
-                await _retry_redis(agent_name, out.commit)
+                    await emit(out)
+                    await _retry_redis(agent_name, out.commit)
+                except (RedisRollbackError, SourceGapError) as exc:
+                    _stop(f"{agent_name}: {exc}")
+                except Exception as exc:  # any failure: stop rather than lose what the agent had buffered
+                    log.exception("%s: the batch failed", agent_name)
+                    _stop(f"{agent_name}: stopping after {type(exc).__name__}: {exc}; a restart resumes from what "
+                          "Redis applied")
             metrics.BATCH_SIZE.labels(agent=agent_name).observe(len(records))
             metrics.PROCESSING_SECONDS.labels(agent=agent_name).observe(time.perf_counter() - started)
             _observe_lag(app, worker.app_id, events)

@@ -30,7 +30,7 @@ import redis
 from filters.events import Event, decode_item, decode_record, record_elements
 from infra import metrics
 from infra.clock import Clock, now_ms
-from infra.errors import EventValidationError, RedisRollbackError
+from infra.errors import EventValidationError, RedisRollbackError, SourceGapError
 from infra.keys import KeyLayout, watermark
 from infra.settings import Settings
 from stream.batching import KeyPartitioner
@@ -175,6 +175,7 @@ class IngestStage:
         valid = decode_batch(records, self._partition_of, out)
         clocks = self._clocks.load({rec.partition for rec in records})
         self._check_not_rolled_back(clocks)
+        self._check_no_gap(clocks, records)
         if not valid:
             self._advance(clocks, records)
             out.commit = functools.partial(self._save, clocks)
@@ -249,6 +250,23 @@ class IngestStage:
                        f"but this worker had saved {saved} (Redis lost acknowledged writes); stopping — a restarted "
                        f"worker resumes from what Redis applied")
                 raise RedisRollbackError(msg)
+
+    def _check_no_gap(self, clocks: dict[int, PartitionClock], records: Sequence[Record]) -> None:
+        """Raise :class:`SourceGapError` when a partition's batch starts past Redis's ``next`` offset: the
+        records in between were never applied, and applying this batch would cover them for good."""
+        if not self._settings.worker.gap_check:
+            return
+        first: dict[int, int] = {}
+        for rec in records:
+            first[rec.partition] = min(first.get(rec.partition, rec.offset), rec.offset)
+        for p, offset in first.items():
+            clock = clocks[p]
+            if (clock.offset >= 0 or clock.next_offset > 0) and offset > clock.next_offset:
+                topic = self._settings.kafka.events_topic
+                msg = (f"{topic}[{p}]: this batch starts at offset {offset} but Redis has applied only up to "
+                       f"{clock.next_offset}: records {clock.next_offset}..{offset - 1} were never applied; stopping "
+                       f"— a restarted worker resumes from what Redis applied")
+                raise SourceGapError(msg)
 
     def _write(self, batch: dict[int, list[Delivery]], watermarks: dict[int, int]) -> dict[
         int, list[tuple[Delivery, bool]]

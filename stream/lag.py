@@ -16,16 +16,15 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from infra import metrics
 from infra.errors import KafkaError
 from infra.kafka_log import client_config
 from infra.settings import Settings
-from infra.topics import require_kafka, transient
+from infra.topics import CommittedOffsets, require_kafka, transient
 
 TP = tuple[str, int]
 
@@ -88,9 +87,17 @@ class LagProbe:
         self.settings = settings
         self.source_topics = [kafka.events_topic, kafka.items_topic]
         self._admin = self._new_admin()
+        self._committed: CommittedOffsets | None = None
 
     def _new_admin(self) -> AdminClient:
         return AdminClient(client_config(self.settings.kafka, "lag"))
+
+    def _renew(self) -> None:
+        """New clients: one that saw its broker restart can stay stuck."""
+        self._admin = self._new_admin()
+        if self._committed is not None:
+            self._committed.close()
+            self._committed = None
 
     def _partitions(self, timeout: float) -> list[TopicPartition]:
         try:
@@ -115,25 +122,22 @@ class LagProbe:
                 ends, result = self._offsets(tps, timeout)
                 break
             except KafkaException as exc:
-                # an admin client that saw its broker restart can stay stuck: the next try gets a new one
-                self._admin = self._new_admin()
+                self._renew()
                 # e.g. COORDINATOR_LOAD_IN_PROGRESS just after the broker started: ask again
                 if transient(exc) and time.monotonic() < deadline:
                     time.sleep(0.2)
                     continue
                 msg = f"cannot read offsets of group {self.group!r}: {exc}"
                 raise KafkaError(msg) from None
-        committed = {
-            (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions
-        }
-        return lag_rows(committed, ends, self.group)
+        return lag_rows(result, ends, self.group)
 
-    def _offsets(self, tps: list[TopicPartition], timeout: float) -> tuple[dict[TP, int], Any]:
+    def _offsets(self, tps: list[TopicPartition], timeout: float) -> tuple[dict[TP, int], dict[TP, int | None]]:
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
         ends_f = self._admin.list_offsets({tp: latest for tp in tps}, request_timeout=timeout)
         ends = {(tp.topic, tp.partition): f.result().offset for tp, f in ends_f.items()}
-        req = [ConsumerGroupTopicPartitions(self.group, tps)]
-        return ends, self._admin.list_consumer_group_offsets(req, request_timeout=timeout)[self.group].result()
+        if self._committed is None:
+            self._committed = CommittedOffsets(self.settings, self.group, "lag")
+        return ends, self._committed.read(tps, timeout)
 
     def with_seconds(self, rows: list[LagRow], now_ms: int, timeout: float = 5.0) -> list[LagRow]:
         """The rows with ``lag_s``: now minus the timestamp of the first unprocessed record of each

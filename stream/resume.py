@@ -30,7 +30,7 @@ from infra.errors import KafkaError
 from infra.kafka_log import client_config
 from infra.settings import Settings
 from infra.topic_reader import read_between
-from infra.topics import transient
+from infra.topics import CommittedOffsets, transient
 from stream.ingest import ItemMetaStage, Record
 
 __all__ = ["applied_offsets", "reconcile", "rewind_plan"]
@@ -72,16 +72,29 @@ def applied_offsets(client: redis.Redis, group: str, tps: list[TP]) -> dict[TP, 
     return out
 
 
-def _kafka_offsets(admin: AdminClient, group: str, tps: list[TP], timeout: float) -> tuple[
+def _kafka_offsets(settings: Settings, admin: AdminClient, tps: list[TP], timeout: float) -> tuple[
         dict[TP, int | None], dict[TP, int]]:
     parts = [TopicPartition(t, p) for t, p in tps]
     earliest_f = admin.list_offsets({tp: OffsetSpec.earliest() for tp in parts},  # type: ignore[no-untyped-call]
                                     request_timeout=timeout)
     earliest = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in earliest_f.items()}
-    req = [ConsumerGroupTopicPartitions(group, parts)]
-    result = admin.list_consumer_group_offsets(req, request_timeout=timeout)[group].result(timeout=timeout)
-    committed = {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions}
-    return committed, earliest
+    reader = CommittedOffsets(settings, settings.worker.app_id, "resume")
+    try:
+        return reader.read(parts, timeout), earliest
+    finally:
+        reader.close()
+
+
+def _skip_expired(client: redis.Redis, group: str, applied: dict[TP, int | None], earliest: Mapping[TP, int]) -> None:
+    """Where retention deleted records Redis had not applied yet, say so and move Redis's ``next`` to the
+    earliest retained offset (those records are gone; the worker's gap check would otherwise stop at them)."""
+    for tp, nxt in applied.items():
+        first = earliest.get(tp, 0)
+        if nxt is not None and nxt < first:
+            _log.error("%s[%d]: records %d..%d expired (topic retention) before they were applied: their features "
+                       "are lost; resuming at %d", tp[0], tp[1], nxt, first - 1, first)
+            client.hset(keys.watermark(group, *tp), "next", first)
+            applied[tp] = first
 
 
 def _wait_until_empty(admin: AdminClient, group: str, timeout_s: float) -> bool:
@@ -117,14 +130,16 @@ def reconcile(settings: Settings, client: redis.Redis, timeout: float = 15.0,
     deadline = time.monotonic() + 4 * timeout
     while True:
         try:
-            committed, earliest = _kafka_offsets(admin, group, tps, timeout)
+            committed, earliest = _kafka_offsets(settings, admin, tps, timeout)
             break
         except (KafkaException, FutureTimeout) as exc:  # a future that never completes counts as transient
             if (isinstance(exc, KafkaException) and not transient(exc)) or time.monotonic() > deadline:
                 msg = f"cannot read the offsets of group {group!r}: {exc or 'no answer'}"
                 raise KafkaError(msg) from None
             time.sleep(0.5)  # e.g. the group coordinator still loading just after the broker started
-    plan = rewind_plan(committed, applied_offsets(client, group, tps), earliest)
+    applied = applied_offsets(client, group, tps)
+    _skip_expired(client, group, applied, earliest)
+    plan = rewind_plan(committed, applied, earliest)
     if not plan:
         return plan
     if not _wait_until_empty(admin, group, empty_timeout_s):

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import redis
 from click.testing import CliRunner
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import Settings
+from infra.topics import CommittedOffsets
 from recstream.cli import main
 from stream.lag import LagProbe
 from stream.worker_process import WorkerProcess
@@ -21,12 +21,14 @@ def _rebuild(settings: Settings, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def _trainer_offsets(settings: Settings) -> dict[int, int]:
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
-    group = settings.learning.group
-    req = [ConsumerGroupTopicPartitions(group, [TopicPartition(settings.kafka.samples_topic, p)
-                                                for p in range(settings.kafka.partitions)])]
-    return {tp.partition: tp.offset for tp in admin.list_consumer_group_offsets(req)[group].result().topic_partitions}
+def _trainer_offsets(settings: Settings) -> dict[int, int | None]:
+    reader = CommittedOffsets(settings, settings.learning.group, "test")
+    try:
+        got = reader.read([TopicPartition(settings.kafka.samples_topic, p) for p in range(settings.kafka.partitions)],
+                          timeout=30)
+    finally:
+        reader.close()
+    return {p: offset for (_, p), offset in got.items()}
 
 
 def test_rebuild_after_redis_lost_everything_equals_the_reference(own_redis: Settings) -> None:

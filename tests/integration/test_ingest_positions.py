@@ -8,7 +8,7 @@ import redis
 
 from filters.events import Event, encode, encode_batch
 from infra import keys
-from infra.errors import RedisRollbackError
+from infra.errors import RedisRollbackError, SourceGapError
 from infra.settings import Settings
 from stream.batching import KeyPartitioner
 from stream.ingest import IngestStage, ItemMetaStage, Record, StageOutput
@@ -75,6 +75,23 @@ def test_event_time_rules(settings: Settings, redis_client: redis.Redis, ts: int
     out = _run(stage, [_record(settings, 1, batch, timestamp_ms=T0)])
     assert [(d.reason, d.batch_index) for d in out.dead_letters] == ([] if reason is None else [(reason, 0)])
     assert redis_client.zcard(keys.KeyLayout(settings.redis.shards).sequence("u1", "click")) == (2 if reason else 3)
+
+
+def test_a_batch_past_the_next_unapplied_offset_stops_the_stage(settings: Settings,
+                                                                 redis_client: redis.Redis) -> None:
+    """Records taken from Kafka but never applied (a consumer that dropped its buffer) must not be covered by
+    the next batch's clock: the stage refuses, and nothing of that batch is applied."""
+    _run(IngestStage(redis_client, settings), [_record(settings, k, _click(k, T0 + k)) for k in range(3)])
+    stage = IngestStage(redis_client, settings)
+    with pytest.raises(SourceGapError, match=r"records 3\.\.4 were never applied"):
+        stage.process([_record(settings, 5, _click(5, T0 + 5))])
+    p = KeyPartitioner(settings.kafka.partitions)("u1")
+    assert _next(redis_client, settings, settings.kafka.events_topic, p) == 3
+    _run(stage, [_record(settings, k, _click(k, T0 + k)) for k in range(3, 6)])  # the restart's batch: no gap
+    assert _next(redis_client, settings, settings.kafka.events_topic, p) == 6
+    off = settings.model_copy(update={"worker": settings.worker.model_copy(update={"gap_check": False})})
+    _run(IngestStage(redis_client, off), [_record(settings, 9, _click(9, T0 + 9))])  # transaction markers: off
+    assert _next(redis_client, settings, settings.kafka.events_topic, p) == 10
 
 
 def test_item_metadata_records_its_next_offset(settings: Settings, redis_client: redis.Redis) -> None:
