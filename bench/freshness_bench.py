@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--batch-within-s", type=float, default=None,
                         help="the worker's worker.batch_within_s (default: the settings' default)")
+    parser.add_argument("--linger-ms", type=float, default=None,
+                        help="the live producer's producer.linger_ms (default: the settings' default)")
     parser.add_argument("--logs", type=Path, default=None, help="keep the processes' logs here (default: temp)")
     args = parser.parse_args(argv)
     fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
@@ -95,14 +97,15 @@ def main(argv: list[str] | None = None) -> None:
         worker: dict[str, Any] = {"app_id": "bench-freshness", "metrics_port": 0}
         if args.batch_within_s is not None:
             worker["batch_within_s"] = args.batch_within_s
-        settings = with_sections(base, worker=worker)
+        producer = {} if args.linger_ms is None else {"linger_ms": args.linger_ms}
+        settings = with_sections(base, worker=worker, producer=producer)
         ensure_topics(settings)
         max_eps = args.max_eps or measure_max(base, args.backlog)
         logs = args.logs or base.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         rows = run_fractions(settings, max_eps, fractions, args.seconds, logs)
     results = {"max_eps": max_eps, "max_measured": not args.max_eps, "seconds": args.seconds, "rows": rows,
-               "batch_within_s": settings.worker.batch_within_s,
+               "batch_within_s": settings.worker.batch_within_s, "linger_ms": settings.producer.linger_ms,
                "goal": {"p99_ms": GOAL_P99_MS, "at_eps": GOAL_AT_EPS}}
     print(write_results(args.out, "freshness", results, _table(max_eps, rows)).read_text())
 
