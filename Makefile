@@ -6,7 +6,7 @@ PY         := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: bootstrap demo test lint bench clean
+.PHONY: bootstrap demo test lint audit bench clean
 
 bootstrap:
 	@VENV=$(VENV) bash infra/bootstrap.sh
@@ -27,9 +27,15 @@ lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-## bench: ingest throughput benchmark (results in bench/results)
+## audit: pip-audit over the installed packages; fails on a known vulnerability AND on any package it could
+## not check (--strict): it needs PyPI's per-version JSON API or api.osv.dev (docs/operations.md)
+audit: bootstrap
+	@$(PY) -m pip install -q pip-audit
+	$(VENV)/bin/pip-audit --strict --progress-spinner off --path $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+## bench: every benchmark, one report (bench/results/all.md); BENCH_ARGS="--size quick" for a short run
 bench: bootstrap
-	$(VENV)/bin/recstream bench ingest $(BENCH_ARGS)
+	$(VENV)/bin/recstream bench all $(BENCH_ARGS)
 
 ## clean: caches and build artefacts (keeps .venv, the jar cache and data homes)
 clean:
