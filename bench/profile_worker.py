@@ -6,6 +6,8 @@ Past ``--warmup`` of the events, a window from one batch end (the worker's ``rec
 moves) to the first batch end after ``--duration`` s or at ``--stop-at`` records /proc CPU of worker and broker JVM,
 Redis INFO cpu / commandstats deltas, committed offsets mapped to events (cross-check) and two concurrent
 ``py-spy record`` runs: ``cpu`` (on-CPU) and ``wall`` (``--idle``). profile.json merges the labels; profile.md.
+The helpers take a :class:`Target` (what is profiled: its counter, thread roles, key frames, result files);
+:mod:`bench.profile_trainer` profiles ``recstream trainer`` with them.
 
     .venv/bin/python -m bench.profile_worker --label before --tree /tmp/profile-work/before
     .venv/bin/python -m bench.profile_worker --label after
@@ -58,6 +60,31 @@ KEY_FRAMES: dict[str, str] = {
     "redis-py read_response (reply wait)": r"read_response \(",
     "Faust/aiokafka producer send": r"^(\w+\.)?send\w* \((faust|aiokafka)/",
 }
+THREAD_ROLES = (("mode/threads.py", "Faust consumer thread (mode ServiceThread)"),
+                ("concurrent/futures/thread.py", "to_thread pool (Redis stages)"),
+                ("socketserver.py", "/metrics HTTP"), ("MainThread", "MainThread (Faust event loop)"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is profiled: the /metrics counter of its progress (a line prefix) and its port, the topic whose
+    committed offsets cross-check it, how its threads and key frames are named, where its results go."""
+
+    name: str
+    unit: str
+    counter: str
+    port: Callable[[Settings], int]
+    topic: Callable[[Settings], str]
+    key_frames: dict[str, str]
+    thread_roles: tuple[tuple[str, str], ...]
+    results: str
+    title: str
+    module: str
+
+
+WORKER = Target("worker", "event", "recstream_events_processed_total", lambda s: s.worker.metrics_port,
+                lambda s: s.kafka.events_topic, KEY_FRAMES, THREAD_ROLES, "profile",
+                "Worker profile: where the time goes", "bench.profile_worker")
 
 
 def log(msg: str) -> None:
@@ -91,9 +118,10 @@ def produce(settings: Settings, n: int, batch_events: int | None) -> dict[str, A
     return {"events": len(events), "items": items, "batch_max_events": s.producer.batch_max_events}
 
 
-def events_before_offset(settings: Settings) -> dict[int, list[int]]:
-    """Per partition of the events topic: ``cum[o]`` = events in the records before offset ``o``."""
-    topic = settings.kafka.events_topic
+def events_before_offset(settings: Settings, topic: str | None = None) -> dict[int, list[int]]:
+    """Per partition of ``topic`` (default: the events topic): ``cum[o]`` = events in the records before
+    offset ``o`` (a record that is not a JSON array counts 1)."""
+    topic = topic or settings.kafka.events_topic
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "profile-readback",
                          "enable.auto.commit": False, "broker.address.family": "v4"})
     split = msgspec.json.Decoder(list[msgspec.Raw])
@@ -161,14 +189,15 @@ def proc_cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / TICK
 
 
-def processed(port: int) -> int | None:
-    """The worker's ``recstream_events_processed_total`` (all types), or None when /metrics does not answer."""
+def processed(port: int, counter: str = WORKER.counter) -> int | None:
+    """The sum of the /metrics lines starting with ``counter`` (default: the worker's
+    ``recstream_events_processed_total``, all types), or None when /metrics does not answer."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return None
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("recstream_events_processed_total")))
+                   if line.startswith(counter)))
 
 
 @dataclass
@@ -191,9 +220,14 @@ class Probes:
     cum: dict[int, list[int]]
     worker_pid: int
     broker_pid: int
+    target: Target = WORKER
+
+    @property
+    def port(self) -> int:
+        return self.target.port(self.settings)
 
     def committed_events(self) -> int:
-        topic = self.settings.kafka.events_topic
+        topic = self.target.topic(self.settings)
         return sum(self.cum[r.partition][min(r.committed, len(self.cum[r.partition]) - 1)]
                    for r in self.lag.read() if r.topic == topic)
 
@@ -203,7 +237,7 @@ class Probes:
                 for k, v in self.client.info("commandstats").items()}
         s = Snapshot(time.perf_counter(), proc_cpu_s(self.worker_pid), proc_cpu_s(self.broker_pid),
                      float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
-                     processed(self.settings.worker.metrics_port), 0, cmds)
+                     processed(self.port, self.target.counter), 0, cmds)
         s.committed_events = self.committed_events()
         return s
 
@@ -212,7 +246,7 @@ class Probes:
 def wait_warm(probes: Probes, alive: Callable[[], bool], n: int, frac: float, timeout_s: float = 300) -> None:
     """Until the worker's counter reached ``frac`` of the events (polled every POLL_S)."""
     deadline = time.monotonic() + timeout_s
-    while (processed(probes.settings.worker.metrics_port) or 0) < frac * n:
+    while (processed(probes.port, probes.target.counter) or 0) < frac * n:
         if not alive() or time.monotonic() > deadline:
             raise RuntimeError("the worker exited during warm-up" if not alive() else "warm-up timed out")
         time.sleep(POLL_S)
@@ -229,7 +263,7 @@ def measure(probes: Probes, alive: Callable[[], bool], n: int, args: argparse.Na
             work: Path) -> tuple[Snapshot, Snapshot]:
     """Snapshot, two py-spy runs, then snapshot again at the first batch end (counter change) after
     ``--duration`` or at ``--stop-at`` of the events (at most 3 × ``--duration``), stop py-spy."""
-    port, hard = probes.settings.worker.metrics_port, 3 * args.duration
+    port, hard = probes.port, 3 * args.duration
     a = probes.snap()
     spies = [spy(probes.worker_pid, work / f"{k}.txt", hard, k == "wall") for k in ("cpu", "wall")]
     last = a.events or 0
@@ -237,7 +271,7 @@ def measure(probes: Probes, alive: Callable[[], bool], n: int, args: argparse.Na
         time.sleep(POLL_S)
         if not alive():
             raise RuntimeError("the worker exited during the window")
-        now = processed(port) or 0
+        now = processed(port, probes.target.counter) or 0
         if now != last and (now >= args.stop_at * n or time.perf_counter() - a.t >= args.duration):
             break
         last = now
@@ -248,23 +282,21 @@ def measure(probes: Probes, alive: Callable[[], bool], n: int, args: argparse.Na
         p.wait(30)
     if not b.events or b.events == a.events:
         raise RuntimeError(f"no batch ended in the {b.t - a.t:.0f} s window: use more --events (a worker batch "
-                           f"holds up to worker.batch_size records × producer.batch_max_events events)")
+                           f"holds up to worker.batch_size records × producer.batch_max_events events; a trainer "
+                           f"counts a batch of learning.batch_size positives)")
     return a, b
 
 
 # -- stacks -----------------------------------------------------------------------------------------------
 Stacks = list[tuple[str, list[str], int]]
-THREAD_ROLES = (("mode/threads.py", "Faust consumer thread (mode ServiceThread)"),
-                ("concurrent/futures/thread.py", "to_thread pool (Redis stages)"),
-                ("socketserver.py", "/metrics HTTP"), ("MainThread", "MainThread (Faust event loop)"))
 
 
-def read_stacks(path: Path) -> Stacks:
+def read_stacks(path: Path, roles: tuple[tuple[str, str], ...] = THREAD_ROLES) -> Stacks:
     """py-spy raw lines as (thread role, frames root first, samples)."""
     out = []
     for line in path.read_text().splitlines() if path.exists() else []:
         stack, _, count = line.rpartition(" ")
-        role = next((r for marker, r in THREAD_ROLES if marker in stack), "other")
+        role = next((r for marker, r in roles if marker in stack), "other")
         frames = stack.split(";")
         out.append((role, frames[1:] if frames[0].startswith("thread (") else frames, int(count)))
     return out
@@ -274,7 +306,8 @@ def _fn(frame: str) -> str:
     return re.sub(r":\d+\)$", ")", frame)
 
 
-def summarise(cpu: Stacks, wall: Stacks, events: int, worker_us: float) -> dict[str, Any]:
+def summarise(cpu: Stacks, wall: Stacks, events: int, worker_us: float,
+              key_frames: dict[str, str] = KEY_FRAMES) -> dict[str, Any]:
     """Top-15 self time of the cpu profile, inclusive time of KEY_FRAMES, per thread. cpu µs/event = share of
     the cpu samples × the /proc worker CPU per event (py-spy also counts runnable-but-waiting threads as
     active on a loaded machine); wall µs/event = wall samples × 10 ms / events (thread time, waits included)."""
@@ -291,7 +324,7 @@ def summarise(cpu: Stacks, wall: Stacks, events: int, worker_us: float) -> dict[
         return sum(c for _, frames, c in stacks if any(rx.search(f) for f in frames))
 
     keys = {name: {"cpu_us_per_event": inclusive(cpu, rx) * cpu_us, "wall_us_per_event": inclusive(wall, rx) * wall_us}
-            for name, rx in KEY_FRAMES.items()}
+            for name, rx in key_frames.items()}
     threads: dict[str, dict[str, float]] = {}
     for kind, stacks, us in (("cpu", cpu, cpu_us), ("wall", wall, wall_us)):
         for thread, _, c in stacks:
@@ -323,16 +356,19 @@ def per_event(a: Snapshot, b: Snapshot) -> dict[str, Any]:
 
 
 # -- report -----------------------------------------------------------------------------------------------
-ROWS: list[tuple[str, str, str]] = [
-    ("events/s in the window", "events_per_s", "{:,.0f}"),
-    ("worker CPU µs/event", "worker_cpu_us_per_event", "{:,.1f}"),
-    ("Redis CPU µs/event", "redis_cpu_us_per_event", "{:,.1f}"),
-    ("broker CPU µs/event", "broker_cpu_us_per_event", "{:,.1f}"),
-    ("Lua calls/event", "lua_calls_per_event", "{:.4f}"),
-    ("Redis usec/event (commandstats, all)", "redis_usec_per_event", "{:,.1f}"),
-    ("worker CPU (cores)", "worker_cpu_share", "{:.2f}"),
-    ("window s / events", "window_s", "{:.1f}"),
-]
+def rows(target: Target) -> list[tuple[str, str, str]]:
+    """The summary rows of ``target``'s table (the JSON keys say ``worker``/``event`` for every target)."""
+    name, unit = target.name, target.unit
+    return [
+        (f"{unit}s/s in the window", "events_per_s", "{:,.0f}"),
+        (f"{name} CPU µs/{unit}", "worker_cpu_us_per_event", "{:,.1f}"),
+        (f"Redis CPU µs/{unit}", "redis_cpu_us_per_event", "{:,.1f}"),
+        (f"broker CPU µs/{unit}", "broker_cpu_us_per_event", "{:,.1f}"),
+        (f"Lua calls/{unit}", "lua_calls_per_event", "{:.4f}"),
+        (f"Redis usec/{unit} (commandstats, all)", "redis_usec_per_event", "{:,.1f}"),
+        (f"{name} CPU (cores)", "worker_cpu_share", "{:.2f}"),
+        (f"window s / {unit}s", "window_s", "{:.1f}"),
+    ]
 
 
 def _cell(run: dict[str, Any] | None, key: str, fmt: str) -> str:
@@ -342,30 +378,33 @@ def _cell(run: dict[str, Any] | None, key: str, fmt: str) -> str:
     return f"{text} / {run['window']['events']:,}" if key == "window_s" else text
 
 
-def render(data: dict[str, Any]) -> str:
+def render(data: dict[str, Any], target: Target = WORKER) -> str:
     labels = [x for x in ("before", "after") if x in data["runs"]] + sorted(set(data["runs"]) - {"before", "after"})
     runs = [data["runs"][x] for x in labels]
-    lines = ["# Worker profile: where the time goes", "",
-             "`python -m bench.profile_worker` (see its docstring). CPU from /proc and Redis INFO over the",
+    unit = target.unit
+    lines = [f"# {target.title}", "",
+             f"`python -m {target.module}` (see its docstring). CPU from /proc and Redis INFO over the",
              "steady-state window; Redis usec from INFO commandstats (commands run inside Lua are counted in",
              "`evalsha` *and* in their own row); py-spy at 100 Hz, `cpu` = on-CPU samples, `wall` = waits included.",
              "One run per label on a shared 2-core machine: read differences under ~10–15% as noise.", "",
              "| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    lines += ["| " + name + " | " + " | ".join(_cell(r, key, fmt) for r in runs) + " |" for name, key, fmt in ROWS]
+    lines += ["| " + name + " | " + " | ".join(_cell(r, key, fmt) for r in runs) + " |"
+              for name, key, fmt in rows(target)]
     cmds = sorted({c for r in runs for c in r["window"]["commands"]})
-    lines += [f"| Redis `{c}` calls / usec per event | " + " | ".join(
+    lines += [f"| Redis `{c}` calls / usec per {unit} | " + " | ".join(
         "{calls_per_event:.3f} / {usec_per_event:.1f}".format(**r["window"]["commands"][c])
         if c in r["window"]["commands"] else "–" for r in runs) + " |" for c in cmds]
     for label, r in zip(labels, runs, strict=True):
         w, p = r["window"], r["profile"]
-        lines += ["", f"## {label}", "", f"`{r['command']}` — {r['when']}, tree `{r['tree']}`, producer "
-                  f"batch_max_events={r['produce']['batch_max_events']}, loadavg {w['loadavg_start'][0]:.2f} → "
+        produced = ", ".join(f"{k}={v}" for k, v in r["produce"].items())
+        lines += ["", f"## {label}", "", f"`{r['command']}` — {r['when']}, tree `{r['tree']}`, produced "
+                  f"{produced}, loadavg {w['loadavg_start'][0]:.2f} → "
                   f"{w['loadavg_end'][0]:.2f}, py-spy samples cpu {p['samples_cpu']:,} / wall {p['samples_wall']:,}, "
-                  f"dead letters {r['dead_letters']}", "",
-                  "| # | self-time function (cpu profile) | share | cpu µs/event |", "|---|---|---|---|"]
+                  f"dead letters {r.get('dead_letters', '–')}", "",
+                  f"| # | self-time function (cpu profile) | share | cpu µs/{unit} |", "|---|---|---|---|"]
         lines += [f"| {i} | `{t['function']}` | {t['share']:.1%} | {t['cpu_us_per_event']:.1f} |"
                   for i, t in enumerate(p["top_self"], 1)]
-        lines += ["", "| frame / thread (inclusive) | cpu µs/event | wall µs/event |", "|---|---|---|"]
+        lines += ["", f"| frame / thread (inclusive) | cpu µs/{unit} | wall µs/{unit} |", "|---|---|---|"]
         lines += [f"| {k} | {v['cpu_us_per_event']:.1f} | {v['wall_us_per_event']:.1f} |"
                   for k, v in p["key_frames"].items()]
         lines += [f"| thread `{k}` | {v['cpu_us_per_event']:.1f} | {v['wall_us_per_event']:.1f} |"
@@ -373,14 +412,18 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out_dir: Path, label: str, run: dict[str, Any]) -> None:
+def write(out_dir: Path, label: str, run: dict[str, Any], target: Target = WORKER) -> Path:
+    """Merge ``run`` as ``label`` into ``<target.results>.json`` and render the markdown beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "profile.json"
-    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"benchmark": "profile", "runs": {}}
+    path = out_dir / f"{target.results}.json"
+    data: dict[str, Any] = (json.loads(path.read_text()) if path.exists()
+                            else {"benchmark": target.results, "runs": {}})
     data["runs"][label] = run
     data["machine"] = machine()
     path.write_text(json.dumps(data, indent=2) + "\n")
-    (out_dir / "profile.md").write_text(render(data))
+    md = out_dir / f"{target.results}.md"
+    md.write_text(render(data, target))
+    return md
 
 
 # -- main -------------------------------------------------------------------------------------------------
