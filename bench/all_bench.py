@@ -2,7 +2,8 @@
 
 Runs the benchmarks one after the other (each with its own private broker and Redis, sized by
 ``--size``), each writing its JSON + markdown into ``<out>/all/``; then writes ``<out>/all.md`` and
-``<out>/all.json`` (the headline figures against the goals, then every benchmark's own table) and the plots
+``<out>/all.json`` (the headline figures against the goals, then every benchmark's own table; with ``--only``
+the other steps of the previous run are kept, marked as earlier) and the plots
 ``<out>/all_throughput.png``, ``all_freshness.png`` and ``all_reads.png``. A benchmark that fails is reported
 with its error; the others still run. The machine is shared and has two cores: compare the ratios inside
 one benchmark (its variants run interleaved), and read absolute figures as this run's.
@@ -86,6 +87,21 @@ def run_step(step: Step, size: str, out: Path) -> dict[str, Any]:
     return {"status": status, "error": error, "seconds": time.monotonic() - started, "data": data}
 
 
+def earlier_results(out: Path, exclude: set[str]) -> dict[str, dict[str, Any]]:
+    """The steps of the previous run (``all.json``) that ended ok and are not run again: an ``--only`` run
+    refreshes some benchmarks and keeps the others in the report, marked as earlier."""
+    summary = out / "all.json"
+    steps = json.loads(summary.read_text()).get("steps", {}) if summary.exists() else {}
+    kept = {}
+    for step in STEPS:
+        prev, path = steps.get(step.name), out / "all" / f"{step.result}.json"
+        if step.name in exclude or not prev or not str(prev.get("status")).startswith("ok") or not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        kept[step.name] = {**prev, "status": f"ok (earlier run, {data.get('when', '?')})", "data": data}
+    return kept
+
+
 def _get(data: dict[str, Any] | None, *path: Any) -> Any:
     for key in path:
         if not isinstance(data, dict | list):
@@ -161,16 +177,20 @@ def write_report(out: Path, size: str, results: dict[str, dict[str, Any]], plots
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("full", "quick"), default="full",
-                        help="full: the benchmarks' own sizes (about an hour); quick: a few minutes each")
+                        help="full: about 30 minutes on this machine; quick: about 10")
     parser.add_argument("--only", default="", help="comma-separated steps (default: all): " +
                         ",".join(s.name for s in STEPS))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--report-only", action="store_true", help="run nothing: rebuild the report from the "
+                        "previous run's results")
     args = parser.parse_args(argv)
-    only = {x.strip() for x in args.only.split(",") if x.strip()} or {s.name for s in STEPS}
+    only = set() if args.report_only else ({x.strip() for x in args.only.split(",") if x.strip()}
+                                           or {s.name for s in STEPS})
     unknown = only - {s.name for s in STEPS}
     if unknown:
         parser.error(f"unknown step(s): {', '.join(sorted(unknown))}")
     results = {s.name: run_step(s, args.size, args.out / "all") for s in STEPS if s.name in only}
+    results = {**earlier_results(args.out, exclude=set(results)), **results}
     plots = [p for p in (plot_throughput(results, args.out), plot_freshness(results, args.out),
                          plot_reads(results, args.out)) if p]
     print(write_report(args.out, args.size, results, plots).read_text())

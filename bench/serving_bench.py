@@ -50,8 +50,8 @@ def _fill(settings: Settings, client: Any) -> None:
         parts.setdefault(place(e.user_id), []).append(e)
     stage = IngestStage(client, settings)
     for p, evs in parts.items():
-        for k in range(0, len(evs), 5000):
-            stage.process([Record(settings.kafka.events_topic, p, k, None, encode_batch(evs[k:k + 5000]))]).commit()
+        for n, k in enumerate(range(0, len(evs), 5000)):  # offsets in order, no gaps (the worker's gap check)
+            stage.process([Record(settings.kafka.events_topic, p, n, None, encode_batch(evs[k:k + 5000]))]).commit()
     from bench.learning_bench import synthetic_positives
     from filters.model_store import ModelStore
     from online_learning.learner import Learner

@@ -42,3 +42,15 @@ def test_the_report_embeds_each_table_and_says_what_failed(tmp_path: Path) -> No
     summary = json.loads((tmp_path / "all.json").read_text())
     assert [g["met"] for g in summary["goals"]] == [False, True, False, False]
     assert set(summary["steps"]) == {"ingest", "freshness", "learning"} <= {s.name for s in STEPS}
+
+
+def test_an_only_run_keeps_the_other_steps_of_the_previous_run(tmp_path: Path) -> None:
+    from bench.all_bench import earlier_results
+
+    (tmp_path / "all").mkdir()
+    write_report(tmp_path, "full", RESULTS, [])
+    for name in ("ingest", "learning"):
+        (tmp_path / "all" / f"{name}.json").write_text(json.dumps({"when": "T", "variants": {}}))
+    kept = earlier_results(tmp_path, exclude={"freshness"})
+    assert set(kept) == {"ingest"}  # freshness runs again; learning had failed; no JSON for the others
+    assert kept["ingest"]["status"] == "ok (earlier run, T)" and kept["ingest"]["data"]["when"] == "T"
