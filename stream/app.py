@@ -125,23 +125,33 @@ def create_app(settings: Settings) -> faust.App:
         if pending:
             await asyncio.gather(*pending)
 
+    async def apply(agent_name: str, stage: Any, records: list[Record]) -> None:
+        """One batch, in the commit order: Redis writes -> dead letters and samples acknowledged -> join
+        checkpoint -> clocks persisted; Faust commits the offsets after it."""
+        try:
+            out: StageOutput = await _retry_redis(agent_name, functools.partial(stage.process, records))
+            await emit(out)
+            await _retry_redis(agent_name, out.commit)
+        except (RedisRollbackError, SourceGapError) as exc:
+            _stop(f"{agent_name}: {exc}")
+        except Exception as exc:  # any failure: stop rather than lose what the agent had buffered
+            log.exception("%s: the batch failed", agent_name)
+            _stop(f"{agent_name}: stopping after {type(exc).__name__}: {exc}; a restart resumes from what Redis "
+                  "applied")
+
     async def run(agent_name: str, stage: Any, stream: faust.StreamT[bytes], lock: asyncio.Lock) -> None:
-        # the commit order: Redis writes -> dead letters and samples acknowledged -> join checkpoint ->
-        # clocks persisted -> offsets (Faust commits an event's offset only after the iteration that took it)
         async for events in stream.take_events(n, within=within):  # type: ignore[attr-defined]
             records = _records(events)
             started = time.perf_counter()
             async with lock:
+                batch = asyncio.ensure_future(apply(agent_name, stage, records))
                 try:
-                    out: StageOutput = await _retry_redis(agent_name, functools.partial(stage.process, records))
-                    await emit(out)
-                    await _retry_redis(agent_name, out.commit)
-                except (RedisRollbackError, SourceGapError) as exc:
-                    _stop(f"{agent_name}: {exc}")
-                except Exception as exc:  # any failure: stop rather than lose what the agent had buffered
-                    log.exception("%s: the batch failed", agent_name)
-                    _stop(f"{agent_name}: stopping after {type(exc).__name__}: {exc}; a restart resumes from what "
-                          "Redis applied")
+                    await asyncio.shield(batch)
+                except asyncio.CancelledError:
+                    # a stopping worker: take_events acknowledges the batch's events on its way out (in a
+                    # `finally`) and Faust commits them, so the batch must be applied first, or it is lost
+                    await batch
+                    raise
             metrics.BATCH_SIZE.labels(agent=agent_name).observe(len(records))
             metrics.PROCESSING_SECONDS.labels(agent=agent_name).observe(time.perf_counter() - started)
             _observe_lag(app, worker.app_id, events)
