@@ -30,6 +30,7 @@ from bench.profile_worker import (
     HERE,
     Probes,
     Target,
+    add_window_arguments,
     events_before_offset,
     log,
     measure,
@@ -103,10 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--samples", type=int, default=300_000, help="positives produced before the trainer starts")
     ap.add_argument("--label", default="after")
-    ap.add_argument("--duration", type=float, default=20.0, help="longest window, s")
-    ap.add_argument("--warmup", type=float, default=0.15, help="share of the positives trained before the window")
-    ap.add_argument("--stop-at", type=float, default=0.9, help="the window ends early at this share of the positives")
-    ap.add_argument("--out", type=Path, default=HERE / "bench" / "results")
+    add_window_arguments(ap, "positives", warmup=0.15)
     args = ap.parse_args(argv)
     work = Path("/tmp/profile-work") / f"trainer-{args.label}"
     work.mkdir(parents=True, exist_ok=True)

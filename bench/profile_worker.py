@@ -474,6 +474,14 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "dead_letters": dead, "window": window, "profile": stacks}
 
 
+def add_window_arguments(ap: argparse.ArgumentParser, unit: str, warmup: float) -> None:
+    """The measurement window's options (and ``--out``), shared by the worker's and the trainer's profile."""
+    ap.add_argument("--duration", type=float, default=20.0, help="longest window, s")
+    ap.add_argument("--warmup", type=float, default=warmup, help=f"share of the {unit} processed before the window")
+    ap.add_argument("--stop-at", type=float, default=0.9, help=f"the window ends early at this share of the {unit}")
+    ap.add_argument("--out", type=Path, default=HERE / "bench" / "results")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--events", type=int, default=200_000)
@@ -482,10 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--label", default="after")
     ap.add_argument("--batch-events", type=int, 
                     help="producer.batch_max_events (default: 1 with --tree, else the setting)")
-    ap.add_argument("--duration", type=float, default=20.0, help="longest window, s")
-    ap.add_argument("--warmup", type=float, default=0.1, help="share of the events processed before the window")
-    ap.add_argument("--stop-at", type=float, default=0.9, help="the window ends early at this share of the events")
-    ap.add_argument("--out", type=Path, default=HERE / "bench" / "results")
+    add_window_arguments(ap, "events", warmup=0.1)
     args = ap.parse_args(argv)
     work = Path("/tmp/profile-work") / f"run-{args.label}"
     work.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from filters.model_store import unpack_vector
 from filters.towers import history_mean, user_vectors
 from infra.errors import ModelError
 from infra.keys import MODEL_CURRENT, model_key, watermark
+from infra.redis_client import is_cluster
 from serving.exposure import ExposureReader, seen_in_hashes
 from serving.gather import Gather, KeyGather, Op
 from serving.model import ModelReader
@@ -114,7 +115,7 @@ class FeatureRequest:
             self._add("user_stats", [Op("mget", ([self.stats.keys.stats("user", u)],))])
         if s.candidate_stats and self.candidates:
             self._candidate_stats = KeyGather(self.stats.keys.stats_keys("item", self.candidates),
-                                              self.stats.settings.redis.cluster)
+                                              per_slot=is_cluster(self.stats.client))
             self._add("candidate_stats", self._candidate_stats.ops)
         if s.metadata:
             self._add("metadata", [Op("hgetall", (self.stats.keys.item_meta(c),)) for c in self.candidates])
