@@ -64,6 +64,8 @@ STEPS = [
     Step("cost", "bench.cost_bench", {  # the whole sweep (to 100k users, ~15 min): `recstream bench cost`
         "full": ["--users", "10000,30000", "--items", "2000,20000", "--retention", "7,31", "--capacity", "50,200"],
         "quick": ["--quick"]}, "cost", "Cost curves: Redis bytes and CPU as users, items, N and retention grow"),
+    Step("batch-shape", "bench.batch_shape_bench", {"full": [], "quick": ["--events", "40000"]}, "batch_shape",
+         "The ingest stage per event by batch shape: live-like small batches vs a backlog's"),
     Step("profile-worker", "bench.profile_worker", {"full": [], "quick": ["--events", "50000", "--duration", "8"]},
          "profile", "Where the worker's time goes (py-spy)"),
     Step("profile-trainer", "bench.profile_trainer", {"full": [], "quick": ["--samples", "60000",

@@ -245,9 +245,10 @@ def aggregate_cells(
     images = np.column_stack((tiles[last] + 1, np.minimum(counts, U32_MAX))).astype(">u4").tobytes()
     owner = gkey // (span * n_rings)
     bounds = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1], True])
-    size = 4 * WORDS_PER_SLOT
-    return {int(owner[a]): (rows[a:b].ravel().tolist(), images[a * size : b * size])
-            for a, b in itertools.pairwise(bounds)}
+    size, width = 4 * WORDS_PER_SLOT, rows.shape[1]
+    flat, owners = rows.ravel().tolist(), owner[bounds[:-1]].tolist()  # one conversion, sliced per entity
+    return {who: (flat[a * width : b * width], images[a * size : b * size])
+            for who, (a, b) in zip(owners, itertools.pairwise(bounds.tolist()), strict=True)}
 
 
 def empty_words(layout: TileLayout) -> npt.NDArray[np.uint32]:

@@ -158,6 +158,7 @@ def rebuild(ctx: click.Context, flush: bool) -> None:
 
 BENCHMARKS = {
     "all": "bench.all_bench",
+    "batch-shape": "bench.batch_shape_bench",
     "chaos": "bench.chaos_bench",
     "freshness": "bench.freshness_bench",
     "cost": "bench.cost_bench",

@@ -92,7 +92,8 @@ def _produce(settings: Settings, data_dir: Path) -> Replay:
         for meta in read_jsonl_items(data_dir / "items.jsonl"):
             producer.send_item(meta)
             out.catalogue[meta.item_id] = meta.category or "?"
-        for event in tqdm(read_jsonl_valid(data_dir / "events.jsonl"), desc="replay", unit="ev"):
+        for event in tqdm(read_jsonl_valid(data_dir / "events.jsonl"), desc="replay", unit="ev", disable=None,
+                          mininterval=0.5):
             producer.send(event)
             out.sent += 1
             if event.type == "impression":

@@ -173,7 +173,8 @@ def run_live(settings: Settings, world: World, rate: float, seconds: float, log_
         time.sleep(2)  # a first canary round before the traffic starts
         started, since_ms = time.perf_counter(), int(time.time() * 1000)
         with EventProducer(settings) as producer:
-            for event in tqdm(paced(live, rate), desc="live", unit="ev", total=cfg.events):
+            for event in tqdm(paced(live, rate), desc="live", unit="ev", total=cfg.events, disable=None,
+                              mininterval=0.5):
                 producer.send(event)
                 sent += 1
                 if inject is not None and time.perf_counter() - started >= inject_at_s:

@@ -68,7 +68,7 @@ def full_update(ctx: click.Context, day: str | None, source: Path | None, force:
     samples, bad = read_day(settings, day, source)
     if bad:
         click.echo(f"skipped {bad:,} records that are not samples", err=True)
-    with tqdm(total=len(samples), desc=f"full update {day}", unit="sample") as bar:
+    with tqdm(total=len(samples), desc=f"full update {day}", unit="sample", disable=None) as bar:
         m = run_full_update(settings, _store(settings), day, samples, force=force, progress=bar.update)
     if m is None:
         click.echo(f"a kept version was already made from {day}; nothing to do (--force to train again)")

@@ -113,7 +113,7 @@ def run_rebuild(settings: Settings, flush: bool, timeout_s: float = 6 * 3600) ->
         msg = (f"Redis holds {len(stale):,} feature keys; rebuild fills an empty Redis: pass --flush to delete "
                f"recstream's feature keys first (model versions are kept)")
         raise StateError(msg)
-    for k in tqdm(range(0, len(stale), 1000), desc="flush", unit="k keys", disable=not stale):
+    for k in tqdm(range(0, len(stale), 1000), desc="flush", unit="k keys", disable=None if stale else True):
         client.unlink(*stale[k:k + 1000])
     reconcile(settings, client)
     probe = LagProbe(settings)
@@ -122,7 +122,7 @@ def run_rebuild(settings: Settings, flush: bool, timeout_s: float = 6 * 3600) ->
     events = sum(r.lag for r in rows if r.topic == settings.kafka.events_topic)
     started = time.monotonic()
     with WorkerProcess(settings, settings.home / "logs" / "rebuild-worker.log"), \
-            tqdm(total=total, desc="replay", unit="rec") as bar:
+            tqdm(total=total, desc="replay", unit="rec", disable=None) as bar:
         targets = {(r.topic, r.partition): r.end for r in rows}
         while True:
             rows = probe.read()
