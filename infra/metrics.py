@@ -49,6 +49,10 @@ GROUP_LAG_SECONDS = Gauge(
     "recstream_group_lag_seconds", "Age of the oldest unprocessed record per partition (`recstream lag --serve`)",
     ["group", "topic", "partition"],
 )
+KAFKA_UP = Gauge(
+    "recstream_kafka_up", "1 when the last read of the group's offsets answered, 0 when Kafka did not "
+    "(`recstream lag --serve`)",
+)
 EVENT_TIME_LAG = Gauge(
     "recstream_event_time_lag_seconds", "Now minus the newest event ts seen, per partition",
     ["topic", "partition"],

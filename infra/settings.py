@@ -287,6 +287,9 @@ class MonitoringSettings(_Section):
 
     prometheus_port: int = Field(9090, ge=1, le=65535)
     scrape_interval_s: float = Field(5.0, gt=0, le=300)
+    canary_port: int = Field(9110, ge=0, le=65535, description="`recstream canary`'s /metrics, scraped (0 = not)")
+    lag_exporter_port: int = Field(
+        9111, ge=0, le=65535, description="`recstream lag --serve PORT`'s /metrics, scraped (0 = not)")
 
 
 class ProducerSettings(_Section):

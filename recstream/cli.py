@@ -51,19 +51,24 @@ def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool, 
     import json
     import time
 
-    from stream.lag import LagProbe, export_rows, format_rows
+    from stream.lag import LagExporter, LagProbe, format_rows
 
     probe = LagProbe(settings_from_context(ctx))
+    exporter = LagExporter(probe)
     if serve_port is not None:
         from infra import metrics
 
         metrics.serve(serve_port, "--serve")
         watch = watch or 5.0
     while True:
-        rows = probe.wait_until_caught_up(timeout) if until_caught_up else probe.read()
-        rows = probe.with_seconds(rows, int(time.time() * 1000))
-        if serve_port is not None:
-            export_rows(rows)
+        if serve_port is not None:  # an exporter outlives a Kafka outage: it says so in recstream_kafka_up
+            rows = exporter.refresh()
+            if rows is None:
+                time.sleep(watch or 5.0)
+                continue
+        else:
+            rows = probe.wait_until_caught_up(timeout) if until_caught_up else probe.read()
+            rows = probe.with_seconds(rows, int(time.time() * 1000))
         text = "\n".join(json.dumps(r.as_json()) for r in rows) if as_json else format_rows(rows)
         if watch is None:
             click.echo(text.splitlines()[-1] if quiet else text)

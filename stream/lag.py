@@ -13,8 +13,9 @@ A partition never committed counts as committed at 0 (Faust starts from ``earlie
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -25,6 +26,8 @@ from infra.errors import KafkaError
 from infra.kafka_log import client_config
 from infra.settings import Settings
 from infra.topics import CommittedOffsets, require_kafka, transient
+
+log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 
@@ -185,6 +188,31 @@ def export_rows(rows: list[LagRow]) -> None:
         labels = {"group": r.group, "topic": r.topic, "partition": str(r.partition)}
         metrics.GROUP_LAG.labels(**labels).set(r.lag)
         metrics.GROUP_LAG_SECONDS.labels(**labels).set(r.lag_s)
+
+
+class LagExporter:
+    """``recstream lag --serve``: each :meth:`refresh` reads the lag, exports it and sets
+    ``recstream_kafka_up`` to 1; when Kafka does not answer it sets 0 and logs one warning when Kafka goes
+    down (none while it stays down), so an exporter outlives an outage and says so."""
+
+    def __init__(self, probe: LagProbe, clock: Callable[[], float] = time.time, timeout_s: float = 5.0) -> None:
+        self.probe, self.clock, self.timeout_s = probe, clock, timeout_s
+        self.up: bool | None = None  # None: not read yet (the gauge says 0 until a read answers)
+
+    def refresh(self) -> list[LagRow] | None:
+        """The rows exported, or None when Kafka did not answer."""
+        try:
+            rows = self.probe.with_seconds(self.probe.read(self.timeout_s), int(self.clock() * 1000))
+        except KafkaError as exc:
+            if self.up is not False:
+                log.warning("recstream lag --serve: %s; exporting recstream_kafka_up 0 until it answers", exc)
+            self.up = False
+            metrics.KAFKA_UP.set(0)
+            return None
+        export_rows(rows)
+        self.up = True
+        metrics.KAFKA_UP.set(1)
+        return rows
 
 
 def format_rows(rows: list[LagRow]) -> str:

@@ -84,6 +84,30 @@ def test_serve_exports_the_lag_of_a_group_whose_workers_are_down(kafka_service: 
                 pass
             time.sleep(0.5)
         assert len(found) == 1
+        assert "recstream_kafka_up 1.0" in text  # the read answered
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_serve_outlives_a_kafka_outage_and_says_so(kafka_service: ServicePair) -> None:
+    """With Kafka unreachable `lag --serve` keeps serving, with ``recstream_kafka_up 0`` (the alert
+    RecstreamKafkaUnreachable reads it) and one warning line, not one per refresh."""
+    import urllib.request
+
+    dead, port = free_ports(2)
+    base = kafka_service.settings
+    settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"bootstrap": f"127.0.0.1:{dead}"})})
+    proc = subprocess.Popen([sys.executable, "-m", "recstream.cli", "lag", "--serve", str(port), "--watch", "0.5"],
+                            env={**os.environ, **to_env(settings)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        time.sleep(25)  # several refreshes (each read gives up after 5 s), all failing
+        assert proc.poll() is None, "the exporter exited on a Kafka outage"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "recstream_kafka_up 0.0" in text
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    warnings = [line for line in out.splitlines() if "recstream_kafka_up 0" in line]
+    assert len(warnings) == 1, out
