@@ -34,7 +34,7 @@ from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
 from serving.gather import Op
 from serving.model import ModelReader, VersionParts
-from serving.recommend import Recommendation, Recommender, search_steps
+from serving.recommend import Recommendation, Recommender, best_unseen, search_steps
 from serving.request import FeatureRequest, Features, FeatureSpec, failed_ops
 from serving.sequences import CATEGORY_SCAN_LUA, Entry, SequenceReader, entries_of
 from serving.stats import EntityId, StatsMatrix, StatsReader
@@ -197,10 +197,14 @@ class AsyncFeatureClient:
         out: np.ndarray = np.stack(rows) if rows else np.zeros((0, int(default.shape[0])), np.float32)
         return out
 
-    async def recommend(self, user_id: str, k: int = 100) -> Recommendation:
-        """``k`` items the user has not been shown, best first (the sync client's over-fetching search;
-        the index itself is built in a worker thread the first time a version is seen)."""
+    async def recommend(self, user_id: str, k: int = 100, candidates: Sequence[str] | None = None) -> Recommendation:
+        """``k`` items the user has not been shown, best first: the sync client's over-fetching search (the
+        index itself is built in a worker thread the first time a version is seen), or over ``candidates``."""
         version = ModelReader.require(await self.model_version())
+        if candidates is not None:
+            unseen = set(await self.filter_unseen(user_id, candidates))
+            best = best_unseen(candidates, await self.score(user_id, candidates), unseen, k)
+            return Recommendation(best, version, True, len(candidates))
         vector = await self.user_vector(user_id)
         held = self._recommender.held(version)
         index = held if held is not None else await asyncio.to_thread(self._recommender.refresh_for, version)

@@ -24,7 +24,7 @@ from serving.ann import EXACT_BELOW, ItemIndex
 from serving.exposure import ExposureReader
 from serving.model import ModelReader
 
-__all__ = ["Recommendation", "Recommender", "search_steps"]
+__all__ = ["Recommendation", "Recommender", "best_unseen", "search_steps"]
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,9 @@ class Recommender:
         """``k`` items the user has not been shown, best first."""
         uv = self.model.user_vector(user_id)
         if candidates is not None:
-            scored = sorted(zip(candidates, self.model.score(user_id, candidates), strict=True),
-                            key=lambda x: -x[1])
-            unseen = set(self.exposure.filter_unseen(user_id, [c for c, _ in scored]))
-            return Recommendation([(c, s) for c, s in scored if c in unseen][:k], uv.version, True, len(scored))
+            unseen = set(self.exposure.filter_unseen(user_id, candidates))
+            best = best_unseen(candidates, self.model.score(user_id, candidates), unseen, k)
+            return Recommendation(best, uv.version, True, len(candidates))
         index = self.index_for(uv.version)
         steps = search_steps(index, uv.vector, k, self.overfetch, self.model.temperature(uv.version))
         ids = next(steps)
@@ -114,6 +113,17 @@ class Recommender:
             except StopIteration as done:
                 kept, fetched = done.value
                 return Recommendation(kept, uv.version, index.exact, fetched)
+
+
+def best_unseen(candidates: Sequence[str], scores: Sequence[float], unseen: set[str],
+                k: int) -> list[tuple[str, float]]:
+    """The ``k`` best-scored ``candidates`` that are in ``unseen``, best first (ties keep the given order).
+
+    >>> best_unseen(["a", "b", "c", "d"], [0.1, 0.9, 0.5, 0.7], {"a", "c", "d"}, 2)
+    [('d', 0.7), ('c', 0.5)]
+    """
+    scored = sorted(zip(candidates, scores, strict=True), key=lambda x: -x[1])
+    return [(c, s) for c, s in scored if c in unseen][:k]
 
 
 def search_steps(index: ItemIndex, vector: np.ndarray, k: int, overfetch: int,

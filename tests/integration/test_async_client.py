@@ -41,6 +41,13 @@ def test_async_answers_equal_sync_answers(redis_service: ServicePair, redis_clie
             np.testing.assert_allclose(await client.user_vector("u3"), sync.user_vector("u3").vector, atol=1e-6)
             assert await client.model_version() == sync.model_version()
             assert (await client.recommend("u4", k=10)).items == sync.recommend("u4", k=10).items
+            some = candidates[:80]  # over given candidates: the best-scored unseen ones, from both clients
+            unseen = set(sync.filter_unseen("u1", some))
+            score = dict(zip(some, sync.score("u1", some), strict=True))
+            ranked = sorted((c for c in some if c in unseen), key=lambda c: -score[c])
+            got = await client.recommend("u1", k=5, candidates=some)
+            assert [i for i, _ in got.items] == [i for i, _ in sync.recommend("u1", k=5, candidates=some).items]
+            assert [i for i, _ in got.items] == ranked[:5] and got.exact and got.fetched == len(some)
         finally:
             await client.close()
 
