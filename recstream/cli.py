@@ -97,7 +97,8 @@ def demo(ctx: click.Context, users: int, items: int, days: int, events: int, rat
 @main.command()
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
 @click.option("--rounds", type=int, default=None, help="Stop after this many rounds (default: run until Ctrl-C).")
-@click.option("--metrics-port", type=int, default=9110, show_default=True, help="/metrics port (0 = none).")
+@click.option("--metrics-port", type=int, default=None,
+              help="/metrics port (0 = none; default: monitoring.canary_port, 9110, which Prometheus scrapes).")
 @click.option("--families", default=",".join(CANARY_FAMILIES), show_default=True,
               help="Comma-separated families to probe (embeddings only while a model version is current).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds before a probe is a miss.")
@@ -105,7 +106,7 @@ def demo(ctx: click.Context, users: int, items: int, days: int, events: int, rat
               help="Append each round's delays as one JSON line to this file.")
 @click.pass_context
 @friendly_errors
-def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port: int, families: str,
+def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port: int | None, families: str,
            timeout: float, log_json: Path | None) -> None:
     """Produce canary events per partition every few seconds; measure produce → readable per family."""
     import itertools
@@ -126,7 +127,7 @@ def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port
     settings = settings_from_context(ctx)
     client = FeatureClient(settings=settings)  # Redis first, then Kafka: one clear line for either
     require_kafka(settings)
-    metrics.serve(metrics_port, "--metrics-port")
+    metrics.serve(settings.monitoring.canary_port if metrics_port is None else metrics_port, "--metrics-port")
     probe = Canary(settings, client, timeout_s=timeout, interval_s=interval,
                    families=chosen)
     try:
