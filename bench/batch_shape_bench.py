@@ -27,7 +27,7 @@ from infra.redis_client import connect
 from infra.settings import Settings
 from infra.topics import ensure_topics
 from recstream.generate import GeneratorConfig, World, generate_events
-from stream.batching import KeyPartitioner
+from stream.batching import BatchRecord, KeyPartitioner, PartitionBatcher
 from stream.ingest import IngestStage, Record
 
 __all__ = ["pack_records", "run_shape"]
@@ -37,26 +37,22 @@ SHAPES = ((10, 2_000), (10, 5_000), (10, 20_000), (10, 50_000), (200, 100_000))
 
 def pack_records(events: Iterable[Event], per_record: int, partitions: int, topic: str,
                  now_ms: int) -> list[Record]:
-    """Events as batched records of ``per_record`` events each, per partition (murmur2 placement, offsets
-    from 0 per partition), in the order their last event came; a partition's remainder is left out.
+    """Events as the producer batches them (:class:`~stream.batching.PartitionBatcher`, murmur2 placement),
+    ``per_record`` events per record and no linger, as consumed records (offsets from 0 per partition).
 
     >>> evs = [Event(event_id=str(k), type="click", user_id="u1", item_id="i", ts=k) for k in range(5)]
-    >>> recs = pack_records(evs, 2, 4, "t", 0)
-    >>> [(r.offset, r.value.count(b"event_id")) for r in recs]
-    [(0, 2), (1, 2)]
+    >>> [(r.offset, r.value.count(b"event_id")) for r in pack_records(evs, 2, 4, "t", 0)]
+    [(0, 2), (1, 2), (2, 1)]
     """
-    place, out = KeyPartitioner(partitions), []
-    buffers: dict[int, list[Event]] = {}
-    offsets: dict[int, int] = {}
+    place, batcher = KeyPartitioner(partitions), PartitionBatcher(per_record, 960 * 1024, float("inf"))
+    batched: list[BatchRecord] = []
     for event in events:
-        p = place(event.user_id)
-        buf = buffers.setdefault(p, [])
-        buf.append(event)
-        if len(buf) == per_record:
-            value = b"[" + b",".join(encode(e) for e in buf) + b"]"
-            out.append(Record(topic, p, offsets.get(p, 0), buf[0].user_id.encode(), value, now_ms))
-            offsets[p] = offsets.get(p, 0) + 1
-            buffers[p] = []
+        batched += batcher.add(place(event.user_id), event.user_id.encode(), encode(event))
+    offsets: dict[int, int] = {}
+    out = []
+    for b in [*batched, *batcher.drain()]:
+        offset = offsets[b.partition] = offsets.get(b.partition, -1) + 1
+        out.append(Record(topic, b.partition, offset, b.key, b.value, now_ms))
     return out
 
 

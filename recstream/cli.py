@@ -54,17 +54,17 @@ def lag(ctx: click.Context, until_caught_up: bool, timeout: float, quiet: bool, 
     from stream.lag import LagExporter, LagProbe, format_rows
 
     probe = LagProbe(settings_from_context(ctx))
-    exporter = LagExporter(probe)
+    exporter, refresh_s = None, watch or 5.0
     if serve_port is not None:
         from infra import metrics
 
         metrics.serve(serve_port, "--serve")
-        watch = watch or 5.0
+        exporter, watch = LagExporter(probe), refresh_s
     while True:
-        if serve_port is not None:  # an exporter outlives a Kafka outage: it says so in recstream_kafka_up
+        if exporter is not None:  # an exporter outlives a Kafka outage: it says so in recstream_kafka_up
             rows = exporter.refresh()
             if rows is None:
-                time.sleep(watch or 5.0)
+                time.sleep(refresh_s)
                 continue
         else:
             rows = probe.wait_until_caught_up(timeout) if until_caught_up else probe.read()
