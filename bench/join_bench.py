@@ -33,6 +33,7 @@ from confluent_kafka import Consumer
 from bench.common import free_port, percentiles, private_services, with_sections, write_results
 from filters.events import Event
 from filters.labels import Sample
+from filters.sample_records import decode_samples
 from infra.settings import Settings
 from infra.topics import ensure_topics
 from recstream.data_cli import TokenBucket
@@ -42,7 +43,6 @@ from stream.worker_process import WorkerProcess
 
 WINDOWS = {"click": 2_000, "like": 4_000, "collect": 4_000, "share": 4_000, "comment": 4_000}
 LATENESS_MS = 1_000
-_decode = msgspec.json.Decoder(Sample).decode
 
 
 def _produce(settings: Settings, load: dict[str, float], stop: threading.Event) -> int:
@@ -96,7 +96,8 @@ def _consume(settings: Settings, stop: threading.Event, arrivals: list[tuple[flo
     while not stop.is_set():
         for m in consumer.consume(500, timeout=0.2):
             if m.error() is None and m.value() is not None:
-                arrivals.append((time.time() * 1000, _decode(m.value() or b"")))
+                now = time.time() * 1000
+                arrivals += [(now, s) for s in decode_samples(m.value())]
     consumer.close()
 
 

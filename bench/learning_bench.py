@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import redis
 import torch
 
 from bench.common import percentiles, private_services, with_sections, write_results
 from filters.labels import Sample
+from filters.sample_records import decode_samples, encode_sample
 from infra.settings import Settings
 from infra.topics import ensure_topics
 from online_learning.learner import Learner
@@ -39,9 +39,6 @@ from online_learning.publish import Family, ModelPublisher, Rows
 from online_learning.source import SampleSource
 from online_learning.trainer import Trainer
 from stream.producer import EventProducer
-
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(Sample).decode
 
 
 def synthetic_positives(n: int, users: int = 100_000, items: int = 50_000, seed: int = 1) -> list[Sample]:
@@ -66,15 +63,17 @@ def _produce(settings: Settings, samples: list[Sample]) -> None:
     with EventProducer(settings) as producer:
         for k in range(0, len(samples), 10_000):
             chunk = samples[k:k + 10_000]
-            producer.send_keyed(settings.kafka.samples_topic, [(s.user_id.encode(), _encode(s)) for s in chunk])
+            producer.send_packed(settings.kafka.samples_topic, [(s.user_id, encode_sample(s)) for s in chunk],
+                                 settings.join.samples_per_record)
             producer.poll()
         producer.flush(120)
 
 
 def _consume_only(settings: Settings, n: int) -> float:
     source, got, started = SampleSource(settings, group="bench-decode-only"), 0, time.perf_counter()
+    per_poll = max(8, 5000 // settings.join.samples_per_record)  # records of ~5,000 samples, as the trainer polls
     while got < n:
-        got += len([_decode(r.value) for r in source.poll(5000, 0.5)])
+        got += sum(len(decode_samples(r.value)) for r in source.poll(per_poll, 0.5))
     source.close()
     return n / (time.perf_counter() - started)
 

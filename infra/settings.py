@@ -229,6 +229,10 @@ class JoinSettings(_Section):
         0.0, ge=0, description="live traffic: close every open window of a partition after this much wall time "
         "without events (0 = off: windows close on event time only, as in a replay)",
     )
+    samples_per_record: int = Field(
+        200, ge=1, le=10_000, description="samples packed into one samples-topic record (a JSON array of one "
+        "partition's samples, bounded by producer.batch_max_bytes too); 1 = one sample per record",
+    )
     idle_user_ms: int = Field(
         30 * MS_PER_DAY, ge=1, description="event time after which a user with nothing open forgets its clicks",
     )

@@ -23,6 +23,7 @@ import msgspec
 from filters.labels import Sample
 from filters.manifest import Manifest
 from filters.model_store import ModelStore
+from filters.sample_records import decode_samples
 from infra.errors import InputError
 from infra.settings import Settings
 from online_learning.checkpoint import checkpoint_path, load_checkpoint
@@ -30,7 +31,6 @@ from online_learning.versions import ensure_version, publish_full
 
 __all__ = ["day_bounds", "positives_of_day", "read_day", "run_full_update"]
 
-_decode = msgspec.json.Decoder(Sample).decode
 MS_PER_DAY = 86_400_000
 
 
@@ -53,13 +53,14 @@ def positives_of_day(values: Iterable[bytes], start_ms: int, end_ms: int) -> tup
     bad = 0
     for raw in values:
         try:
-            s = _decode(raw)
+            samples = decode_samples(raw)
         except msgspec.DecodeError:
             bad += 1
             continue
-        if s.kind == "positive" and start_ms <= s.ts < end_ms and s.sample_id not in seen:
-            seen.add(s.sample_id)
-            out.append(s)
+        for s in samples:
+            if s.kind == "positive" and start_ms <= s.ts < end_ms and s.sample_id not in seen:
+                seen.add(s.sample_id)
+                out.append(s)
     return out, bad
 
 

@@ -29,6 +29,7 @@ import redis
 from filters.labels import Sample
 from filters.manifest import Manifest
 from filters.model_store import ModelStore
+from filters.sample_records import decode_samples
 from infra import metrics
 from infra.clock import Clock, now_ms
 from infra.errors import ModelError
@@ -45,9 +46,9 @@ from online_learning.versions import ensure_version, resume
 __all__ = ["Trainer", "run_trainer"]
 
 _log = logging.getLogger("recstream.trainer")
-_decode = msgspec.json.Decoder(Sample).decode
 _SAFETY_TTL_MS = 86_400_000
 _EVAL_CHUNK = 8192
+_SAMPLES_PER_POLL = 5000
 _TABLE_EVENTS = (("admissions", "admission"), ("evictions", "eviction"), ("hits", "hit"), ("misses", "miss"),
                  ("full", "full"))
 
@@ -89,19 +90,21 @@ class Trainer:
         for rec in records:
             self.offsets[rec.partition] = rec.offset + 1
             try:
-                sample = _decode(rec.value)
+                samples = decode_samples(rec.value)
             except msgspec.DecodeError:
                 metrics.TRAINER_SAMPLES.labels(kind="unknown", outcome="invalid").inc()
                 continue
-            if sample.ts > self.through.get(rec.partition, 0):
-                self.through[rec.partition] = sample.ts
-            if sample.kind == "canary":  # a freshness heartbeat: counted in ``through``, never trained
-                metrics.TRAINER_SAMPLES.labels(kind="canary", outcome="heartbeat").inc()
-                continue
-            if not self.dedup.fresh(sample.sample_id, sample.ts):
-                metrics.TRAINER_SAMPLES.labels(kind=sample.kind, outcome="duplicate").inc()
-                continue
-            (self.buffer if sample.kind == "positive" else impressions).append(sample)
+            through = self.through.get(rec.partition, 0)
+            for sample in samples:
+                through = max(through, sample.ts)
+                if sample.kind == "canary":  # a freshness heartbeat: counted in ``through``, never trained
+                    metrics.TRAINER_SAMPLES.labels(kind="canary", outcome="heartbeat").inc()
+                elif not self.dedup.fresh(sample.sample_id, sample.ts):
+                    metrics.TRAINER_SAMPLES.labels(kind=sample.kind, outcome="duplicate").inc()
+                else:
+                    (self.buffer if sample.kind == "positive" else impressions).append(sample)
+            if through:
+                self.through[rec.partition] = through
         if len(impressions) >= _EVAL_CHUNK:
             self._evaluate_impressions()
         while len(self.buffer) >= self.cfg.batch_size:
@@ -211,10 +214,11 @@ def run_trainer(settings: Settings, until_idle_s: float | None = None, metrics_l
     source = SampleSource(settings)
     trainer = Trainer(settings, client, source, metrics_log=metrics_log)
     last_record = time.monotonic()
-
+    # ~5,000 samples a poll: a batched record carries up to join.samples_per_record of them
+    per_poll = max(8, _SAMPLES_PER_POLL // settings.join.samples_per_record)
     try:
         while not stopping:
-            records = source.poll(5000, timeout_s=0.2)
+            records = source.poll(per_poll, timeout_s=0.2)
             if records or not source.assigned:
                 trainer.handle(records)
                 last_record = time.monotonic()

@@ -28,12 +28,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
 from filters.events import CANARY_FAMILIES, CANARY_PREFIX, Event
-from filters.labels import Sample, sample_id
+from filters.labels import sample_id
 from filters.model_store import ModelStore
+from filters.sample_records import decode_samples
 from infra import metrics
 from infra.kafka_log import client_config
 from infra.settings import Settings
@@ -45,7 +45,6 @@ __all__ = ["FAMILIES", "Canary", "canary_users"]
 
 FAMILIES = CANARY_FAMILIES
 _ITEM = f"{CANARY_PREFIX}.item"
-_decode_sample = msgspec.json.Decoder(Sample).decode
 
 
 def canary_users(partitions: int, tag: str = "") -> dict[int, str]:
@@ -99,7 +98,7 @@ class SampleWatch:
         for m in self._consumer.consume(1000, timeout=0.01):
             value = m.value() if m.error() is None else None
             if value and b'"canary"' in value:
-                found.add(_decode_sample(value).sample_id)
+                found.update(s.sample_id for s in decode_samples(value) if s.kind == "canary")
         return found
 
     def close(self) -> None:

@@ -24,13 +24,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from filters.events import Event
 from filters.labels import Sample
 from filters.model_store import ModelStore
+from filters.sample_records import decode_samples
 from infra.kafka_log import client_config
 from infra.settings import Settings
 from online_learning.checkpoint import load_checkpoint, save_checkpoint
@@ -47,7 +47,6 @@ __all__ = ["REGIMES", "TOP_K", "WITHOUT_STORY", "Curves", "Story", "StoryPlan", 
 TOP_K = 10
 REGIMES = ("frozen", "online")
 WITHOUT_STORY = "without story"  # the online copy trained on every live positive but the story user's
-_decode = msgspec.json.Decoder(Sample).decode
 
 
 @dataclass(frozen=True)
@@ -279,9 +278,9 @@ def read_samples(settings: Settings, since_ms: int, timeout_s: float = 30.0) -> 
                 value, partition, offset = m.value(), int(m.partition() or 0), int(m.offset() or 0)
                 if m.error() is not None or value is None:
                     continue
-                s = _decode(value)
-                if s.kind != "canary" and _event_ms(s) >= since_ms:
-                    seen.setdefault(s.sample_id, s)
+                for s in decode_samples(value):
+                    if s.kind != "canary" and _event_ms(s) >= since_ms:
+                        seen.setdefault(s.sample_id, s)
                 if offset + 1 >= ends[partition]:
                     todo.pop(partition, None)
     finally:

@@ -26,6 +26,7 @@ import msgspec
 from tqdm import tqdm
 
 from filters.labels import Sample
+from filters.sample_records import decode_samples
 from infra.errors import InputError
 from infra.topic_reader import TopicRecord, read_between, read_last
 from recstream.cli_support import friendly_errors, settings_from_context
@@ -33,7 +34,6 @@ from recstream.data_cli import parse_start
 
 __all__ = ["format_line", "newest_samples", "parse_when", "samples"]
 
-_decoder = msgspec.json.Decoder(Sample)
 _encoder = msgspec.json.Encoder()
 _KINDS = click.Choice(["positive", "impression"])
 _TAIL_MAX_PER_PARTITION = 1_000_000  # --kind widens the tail read up to this many records per partition
@@ -65,11 +65,12 @@ def format_line(s: Sample) -> str:
             f"history={len(s.history)}{pos}")
 
 
-def _decode(rec: TopicRecord) -> Sample | None:
+def _decode(rec: TopicRecord) -> list[Sample | None]:
+    """The samples of one record (one or a batched array), or ``[None]`` for an undecodable record."""
     try:
-        return _decoder.decode(rec.value or b"")
+        return list(decode_samples(rec.value))
     except msgspec.DecodeError:
-        return None
+        return [None]
 
 
 def _covered(records: list[TopicRecord], per_partition: int, oldest_kept_ts: int) -> bool:
@@ -94,13 +95,13 @@ def newest_samples(read: Callable[[int], list[TopicRecord]], n: int,
     k = n
     while True:
         records = read(k)
-        decoded = [_decode(r) for r in records]
-        hits = [i for i, s in enumerate(decoded) if s is not None and _wanted(s, kind)][-n:]
+        entries = [(r, s) for r in records for s in _decode(r)]  # a batched record holds many samples
+        hits = [i for i, (_, s) in enumerate(entries) if s is not None and _wanted(s, kind)][-n:]
         full = len(hits) == n
-        if (not records or (full and _covered(records, k, records[hits[0]].timestamp_ms))
+        if (not records or (full and _covered(records, k, entries[hits[0]][0].timestamp_ms))
                 or k >= _TAIL_MAX_PER_PARTITION or _covered(records, k, -1)):
-            bad = sum(1 for s in decoded[hits[0] if full else 0:] if s is None)
-            return [s for s in (decoded[i] for i in hits) if s is not None], bad
+            bad = sum(1 for _, s in entries[hits[0] if full else 0:] if s is None)
+            return [s for s in (entries[i][1] for i in hits) if s is not None], bad
         k = min(k * 4, _TAIL_MAX_PER_PARTITION)
 
 
@@ -139,13 +140,12 @@ def _write_jsonl(records: Iterable[TopicRecord], out: BinaryIO, kind: str | None
     written = bad = 0
     for rec in records:
         bar.update()
-        s = _decode(rec)
-        if s is None:
-            bad += 1
-            continue
-        if _wanted(s, kind):
-            out.write(_encoder.encode(s) + b"\n")
-            written += 1
+        for s in _decode(rec):
+            if s is None:
+                bad += 1
+            elif _wanted(s, kind):
+                out.write(_encoder.encode(s) + b"\n")
+                written += 1
     return written, bad
 
 

@@ -23,6 +23,7 @@ import msgspec
 import redis
 
 from filters.labels import Arrival, JoinConfig, JoinOutput, PartitionJoin, Sample, UserJoin
+from filters.sample_records import encode_sample
 from infra import metrics
 from infra.clock import Clock, now_ms
 from infra.keys import KeyLayout
@@ -38,7 +39,6 @@ POS_FIELD = b"\x00pos"
 DELAY_SAMPLES = 32
 _encode_state = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(UserJoin).decode
-_encode_sample = msgspec.json.Encoder().encode
 
 Position = tuple[int, int]
 
@@ -52,14 +52,16 @@ class SampleSink(Protocol):
 
 
 class KafkaSampleSink:
-    """Samples as JSON records on ``kafka.samples_topic``, keyed by ``user_id`` (one producer, idempotent)."""
+    """Samples as JSON on ``kafka.samples_topic``, on the murmur2 partition of ``user_id`` (one producer,
+    idempotent), packed ``join.samples_per_record`` to a record (:mod:`filters.sample_records`)."""
 
     def __init__(self, settings: Settings) -> None:
         self._topic = settings.kafka.samples_topic
+        self._per_record = settings.join.samples_per_record
         self._producer = EventProducer(settings)
 
     def send(self, samples: Sequence[Sample]) -> None:
-        self._producer.send_keyed(self._topic, [(s.user_id.encode(), _encode_sample(s)) for s in samples])
+        self._producer.send_packed(self._topic, [(s.user_id, encode_sample(s)) for s in samples], self._per_record)
 
     def flush(self) -> None:
         self._producer.flush(60.0)

@@ -125,7 +125,7 @@ class EventProducer:
         ps = self.settings.producer
         self._batcher = (PartitionBatcher(ps.batch_max_events, ps.batch_max_bytes, ps.linger_ms)
                          if ps.batch_max_events > 1 else None)
-        self._placement: KeyPartitioner | None = None  # over the events topic's partitions (broker metadata)
+        self._placements: dict[str, KeyPartitioner] = {}  # topic -> murmur2 over its partitions (broker metadata)
         self._log_filter = RepeatFilter()
         if self.config.get("logger") is log:  # a private logger per producer, so the filter is ours
             self.config["logger"] = logging.getLogger(f"{log.name}.{id(self):x}")
@@ -163,9 +163,10 @@ class EventProducer:
         if self._fatal is not None:
             msg = f"producer is unusable: {self._fatal}"
             raise KafkaError(msg)
-        ready = self._batcher.add(self._events_placement()(event.user_id), event.user_id.encode(), encode(event))
+        topic = self.settings.kafka.events_topic
+        ready = self._batcher.add(self._placement(topic)(event.user_id), event.user_id.encode(), encode(event))
         if ready:
-            self._send_records(ready)
+            self._send_records(topic, ready)
 
     def send_item(self, meta: ItemMeta) -> None:
         """Queue one item-metadata record on the items topic, keyed by ``item_id``."""
@@ -183,49 +184,50 @@ class EventProducer:
         On the events topic the partial batches go out first, so the raw record keeps its place.
         """
         if self._batcher is not None and topic == self.settings.kafka.events_topic:
-            self._send_records(self._batcher.drain())
+            self._send_records(topic, self._batcher.drain())
         if isinstance(key, str):
             key = key.encode()
         if isinstance(value, str):
             value = value.encode()
         self._produce(topic, key, value, headers)
 
-    def _send_records(self, records: list[BatchRecord]) -> None:
+    def _send_records(self, topic: str, records: list[BatchRecord]) -> None:
         """Produce batched records; one that librdkafka refuses is kept as a failure for :meth:`flush`."""
-        topic = self.settings.kafka.events_topic
         for rec in records:
             try:
                 self._produce(topic, rec.key, rec.value, partition=rec.partition, events=rec.events)
             except KafkaError as exc:
                 self._record_failure(DeliveryFailure(topic, rec.key, str(exc), rec.events), fatal=None)
 
-    def _events_placement(self) -> KeyPartitioner:
-        """murmur2 over the events topic's partitions: their count from broker metadata once, else
+    def _placement(self, topic: str) -> KeyPartitioner:
+        """murmur2 over ``topic``'s partitions: their count from broker metadata once, else
         ``kafka.partitions``."""
-        if self._placement is None:
-            topic, fallback = self.settings.kafka.events_topic, self.settings.kafka.partitions
-            deadline = time.monotonic() + 5.0
-            reason = "no metadata"
-            while self._placement is None and time.monotonic() < deadline:
-                try:
-                    tmd = self._producer.list_topics(topic, timeout=5.0).topics.get(topic)
-                except confluent_kafka.KafkaException as exc:
-                    reason = exc.args[0].str() if exc.args else str(exc)
-                    break
-                if tmd is not None and tmd.error is None and tmd.partitions:
-                    self._placement = KeyPartitioner(len(tmd.partitions))
-                    break
-                if tmd is not None and tmd.error is not None:
-                    reason = tmd.error.str()
-                    if (tmd.error.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART
-                            and not self.config.get("allow.auto.create.topics")):
-                        break  # missing for good: the deliveries will fail and flush() says so
-                time.sleep(0.1)  # e.g. no leader yet right after the topic was created
-            if self._placement is None:
-                log.warning("partition count of %s unknown (%s); batches are placed by kafka.partitions=%d",
-                            topic, reason, fallback)
-                self._placement = KeyPartitioner(fallback)
-        return self._placement
+        placement = self._placements.get(topic)
+        if placement is None:
+            placement = self._placements[topic] = self._discover_placement(topic)
+        return placement
+
+    def _discover_placement(self, topic: str) -> KeyPartitioner:
+        fallback = self.settings.kafka.partitions
+        deadline = time.monotonic() + 5.0
+        reason = "no metadata"
+        while time.monotonic() < deadline:
+            try:
+                tmd = self._producer.list_topics(topic, timeout=5.0).topics.get(topic)
+            except confluent_kafka.KafkaException as exc:
+                reason = exc.args[0].str() if exc.args else str(exc)
+                break
+            if tmd is not None and tmd.error is None and tmd.partitions:
+                return KeyPartitioner(len(tmd.partitions))
+            if tmd is not None and tmd.error is not None:
+                reason = tmd.error.str()
+                if (tmd.error.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART
+                        and not self.config.get("allow.auto.create.topics")):
+                    break  # missing for good: the deliveries will fail and flush() says so
+            time.sleep(0.1)  # e.g. no leader yet right after the topic was created
+        log.warning("partition count of %s unknown (%s); batches are placed by kafka.partitions=%d",
+                    topic, reason, fallback)
+        return KeyPartitioner(fallback)
 
     def _produce(
         self,
@@ -276,6 +278,23 @@ class EventProducer:
         self.records += len(records)
         self._producer.poll(0)
 
+    def send_packed(self, topic: str, records: Sequence[tuple[str, bytes]], per_record: int) -> None:
+        """Queue encoded JSON values on ``topic`` (not the events topic) packed into batched records, each a
+        JSON array of at most ``per_record`` values (and ``producer.batch_max_bytes``) whose string keys
+        all map to the record's murmur2 partition, in the given order; the first one keys the record. The
+        worker's samples (docs/samples.md); ``per_record = 1`` is :meth:`send_keyed`. Failures are raised
+        by :meth:`flush`."""
+        if per_record <= 1:
+            self.send_keyed(topic, [(key.encode(), value) for key, value in records])
+            return
+        place = self._placement(topic)
+        batcher = PartitionBatcher(per_record, self.settings.producer.batch_max_bytes, float("inf"))
+        ready: list[BatchRecord] = []
+        for key, value in records:
+            ready += batcher.add(place(key), key.encode(), value)
+        self._send_records(topic, ready + batcher.drain())
+        self._producer.poll(0)
+
     def poll(self, timeout: float = 0.0) -> int:
         """Send lingered partial batches, serve queued delivery reports; returns how many were served.
 
@@ -285,7 +304,7 @@ class EventProducer:
         if self._batcher is not None:
             ready = self._batcher.due()
             if ready:
-                self._send_records(ready)
+                self._send_records(self.settings.kafka.events_topic, ready)
         return int(self._producer.poll(timeout))
 
     def _on_delivery(
@@ -314,7 +333,7 @@ class EventProducer:
         Failures are reported once: a second ``flush`` after a raised error starts clean.
         """
         if self._batcher is not None:
-            self._send_records(self._batcher.drain())
+            self._send_records(self.settings.kafka.events_topic, self._batcher.drain())
         remaining = int(self._producer.flush(timeout))
         with self._lock:
             failed, failures, lost = self._failed, self._failures, self._failed_events
@@ -353,9 +372,9 @@ class EventProducer:
             msg = (f"cannot reach Kafka at {self.bootstrap} ({reason}, after "
                    f"{time.monotonic() - start:.1f}s); is the broker running? (recstream infra up)")
             raise InfraError(msg) from None
-        events_md = md.topics.get(self.settings.kafka.events_topic)
-        if self._placement is None and events_md is not None and events_md.error is None and events_md.partitions:
-            self._placement = KeyPartitioner(len(events_md.partitions))  # saves send() its own metadata request
+        for topic, tmd in md.topics.items():  # saves send() / send_packed() their own metadata request
+            if topic not in self._placements and tmd.error is None and tmd.partitions:
+                self._placements[topic] = KeyPartitioner(len(tmd.partitions))
         wanted = topics if topics is not None else (self.settings.kafka.events_topic,
                                                      self.settings.kafka.items_topic)
         missing = [t for t in wanted if t not in md.topics or md.topics[t].error is not None]

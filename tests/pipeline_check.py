@@ -8,10 +8,8 @@ from __future__ import annotations
 import random
 import uuid
 
-import msgspec
-
 from filters.events import ACTIONS, Event, ItemMeta, decode_record
-from filters.labels import Sample
+from filters.sample_records import decode_samples
 from infra.settings import Settings
 from infra.topic_reader import TopicRecord, read_last
 from serving.client import FeatureClient
@@ -19,8 +17,6 @@ from stream.producer import EventProducer
 from tests.integration import reference
 from tests.integration.reference import DAY, Ev
 from tests.join_reference import JEv, Params, assert_same_samples, join_partition, record
-
-Sample_decoder = msgspec.json.Decoder(Sample)
 
 AT = 1_767_225_600_000  # 2026-01-01T00:00:00Z: tile-aligned for every window
 CATEGORIES = ["food", "travel", "tech", "pets"]
@@ -167,7 +163,7 @@ def distinct_positives(settings: Settings, events: list[Ev]) -> int:
 def assert_samples_match(settings: Settings, events: list[Ev]) -> int:
     """The distinct samples on the samples topic equal the brute-force join; returns the duplicates."""
     want = reference_samples(settings, events)
-    records = [Sample_decoder.decode(m.value or b"") for m in read_all(settings, settings.kafka.samples_topic)]
+    records = [s for m in read_all(settings, settings.kafka.samples_topic) for s in decode_samples(m.value)]
     got: dict[str, dict[str, object]] = {}
     for s in records:
         first, again = got.setdefault(s.sample_id, record(s)), record(s)

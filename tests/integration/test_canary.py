@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
 import redis
 
 from filters.events import CANARY_FAMILIES, Event
 from filters.labels import Sample
 from filters.model_store import ModelStore
+from filters.sample_records import decode_samples
 from infra.settings import Settings
 from infra.topic_reader import read_last
 from infra.topics import ensure_topics
@@ -25,11 +25,11 @@ from stream.worker_process import WorkerProcess
 from tests.conftest import ServicePair, private_topics
 
 pytestmark = pytest.mark.integration
-_decode = msgspec.json.Decoder(Sample).decode
 
 
 def _samples(settings: Settings) -> list[Sample]:
-    return [_decode(r.value) for r in read_last(settings, settings.kafka.samples_topic, 1000) if r.value]
+    records = read_last(settings, settings.kafka.samples_topic, 1000)
+    return [s for r in records if r.value for s in decode_samples(r.value)]
 
 
 def test_every_family_reports_freshness_and_the_heartbeat_closes_quiet_windows(

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, Top
 from confluent_kafka.admin import AdminClient
 
 from filters.events import ACTIONS, Event, encode
+from filters.sample_records import decode_samples
 from infra.settings import Settings
 from serving.client import FeatureClient
 from stream.lag import LagProbe
@@ -28,7 +29,6 @@ from tests.integration import reference
 from tests.integration.reference import Ev
 from tests.pipeline_check import (
     AT,
-    Sample_decoder,
     assert_features_match,
     assert_samples_match,
     assert_state_matches,
@@ -198,7 +198,7 @@ def test_idle_flush_emits_the_windows_of_a_quiet_partition(pipeline: Settings) -
         kinds: list[str] = []
         for _ in range(60):
             records = read_all(settings, settings.kafka.samples_topic)
-            kinds = [Sample_decoder.decode(m.value or b"").kind for m in records]
+            kinds = [s.kind for m in records for s in decode_samples(m.value)]
             if "impression" in kinds:
                 break
             time.sleep(0.5)

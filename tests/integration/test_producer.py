@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from click.testing import CliRunner
@@ -170,3 +171,25 @@ def test_send_keyed_places_by_murmur2_and_reports_failures(kafka_service) -> Non
     with pytest.raises(KafkaError, match="too large"):  # beyond the message limit: refused, never silent
         producer.send_keyed(k.samples_topic, [(b"u1", b"x" * 2_000_000)])
         producer.flush(30)
+
+
+def test_send_packed_packs_per_partition_in_order(kafka_service) -> None:  # type: ignore[no-untyped-def]
+    """The worker's samples: JSON arrays of at most ``per_record`` values whose keys all map to the record's
+    murmur2 partition, in send order; the first value's key keys the record."""
+    settings = kafka_service.settings
+    k = settings.kafka
+    tag = uuid.uuid4().hex
+    records = [(f"u{i % 7}", f'{{"tag":"{tag}","n":{i}}}'.encode()) for i in range(100)]
+    with EventProducer(settings) as producer:
+        producer.send_packed(k.samples_topic, records, per_record=6)
+    assert producer.delivered == producer.produced == 100
+    got = read_back(kafka_service.bootstrap, k.samples_topic, k.partitions, 100, tag.encode(),
+                    size=lambda m: (m.value() or b"").count(b'"n":'))
+    arrays = {(m.partition(), m.offset()): msgspec.json.decode(m.value() or b"") for m in got}
+    assert all(1 <= len(a) <= 6 for a in arrays.values()) and len(arrays) < 100
+    assert all(m.partition() == murmur2_partition(m.key(), k.partitions) for m in got)
+    place = {key: murmur2_partition(key.encode(), k.partitions) for key, _ in records}
+    for p in set(place.values()):
+        sent = [n for n, (key, _) in enumerate(records) if place[key] == p]
+        read = [e["n"] for (part, _), a in sorted(arrays.items()) if part == p for e in a]
+        assert read == sent  # offset order, then array order == send order

@@ -137,6 +137,32 @@ def test_export_writes_exactly_the_window(settings: Settings, tmp_path: Path) ->
     assert sorted(iso.stdout.encode().splitlines()) == sorted(before + inside)
 
 
+def test_batched_records_are_read_sample_by_sample(settings: Settings, tmp_path: Path) -> None:
+    """The worker packs samples into JSON arrays (join.samples_per_record): tail and export see each sample,
+    interleaved with single-sample records in record order."""
+    first = [make_sample(i, "positive" if i % 2 else "impression", "ua") for i in range(4)]
+    last = [make_sample(5 + i, "impression", "ua") for i in range(3)]
+    since = now_ms()
+    produce(settings, [b"[" + b",".join(msgspec.json.encode(s) for s in first) + b"]",
+                       make_sample(4, "positive", "ua"),
+                       b"[" + b",".join(msgspec.json.encode(s) for s in last) + b"]"])
+    until = now_ms() + 1
+
+    tail = run(settings, "tail", "-n", "5")
+    assert tail.exit_code == 0, tail.output
+    assert items(tail) == ["i3", "i4", "i5", "i6", "i7"]  # the newest five span all three records
+    positives = run(settings, "tail", "--kind", "positive", "-n", "10")
+    assert items(positives) == ["i1", "i3", "i4"]
+
+    out = tmp_path / "batched.jsonl"
+    result = run(settings, "export", "--since", str(since), "--until", str(until), str(out))
+    assert result.exit_code == 0, result.output
+    got = [msgspec.json.decode(line, type=Sample) for line in out.read_bytes().splitlines()]
+    by_id = sorted(got, key=lambda x: x.sample_id)  # the arrays and the single record sit on two partitions
+    assert by_id == [*first, make_sample(4, "positive", "ua"), *last]
+    assert f"exported 8 samples to {out}" in result.stderr
+
+
 def one_error_line(result: Result) -> str:
     assert result.exit_code != 0
     assert "Traceback" not in result.output

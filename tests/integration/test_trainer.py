@@ -38,9 +38,10 @@ def settings(services: ServicePair, redis_client: redis.Redis, tmp_path: Path) -
     })
 
 
-def _send(settings: Settings, samples: list[Sample]) -> None:
+def _send(settings: Settings, samples: list[Sample], per_record: int) -> None:
+    """Samples as the worker sends them: ``per_record`` to a batched record (1 = one per record)."""
     with EventProducer(settings) as producer:
-        producer.send_keyed(settings.kafka.samples_topic, [(s.user_id.encode(), _encode(s)) for s in samples])
+        producer.send_packed(settings.kafka.samples_topic, [(s.user_id, _encode(s)) for s in samples], per_record)
         producer.flush(30)
 
 
@@ -64,7 +65,9 @@ def test_sigkill_and_restart_train_every_distinct_positive_once(settings: Settin
     positives = {s.sample_id for s in samples if s.kind == "positive"}
     store = ModelStore(redis.Redis.from_url(settings.redis.effective_url), settings.redis.shards)
     log = settings.home / "logs" / "trainer.log"
-    _send(settings, samples + duplicates)
+    # batched records as the worker packs them, then the duplicates one per record (an older producer)
+    _send(settings, samples, per_record=50)
+    _send(settings, duplicates, per_record=1)
     with WorkerProcess(settings, log, args=("trainer",)) as first:
         first_checksum = _manifest_when(store, lambda m: m.samples_seen > 0).dense_checksum  # type: ignore[attr-defined]
         first.crash()
