@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.common import private_services, write_results
 from filters.events import Event, encode
+from infra.gc_tuning import tune_gc
 from infra.redis_client import connect
 from infra.settings import Settings
 from infra.topics import ensure_topics
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = GeneratorConfig(users=2_000, items=5_000, days=args.events / 4_000 / 86_400, events=args.events,
                               seed=8, start_ms=int(time.time() * 1000), dup_share=0.0, late_share=0.0)
         events = list(generate_events(cfg, world))
+        tune_gc(settings.worker.gc_young)  # as the worker does (and the events stay out of every GC pass)
         rows = []
         for per_record, batch_events in SHAPES:
             rows.append(run_shape(settings, events, per_record, batch_events))

@@ -258,6 +258,8 @@ VARIANTS: list[Variant] = [
             lambda s, t, ev: bench_worker(s, t["batched"], len(ev), 1)),
     Variant("worker-1p-nojoin", "full worker, 1 process, batched topic, label join off",
             lambda s, t, ev: bench_worker(with_sections(s, join={"enabled": False}), t["batched"], len(ev), 1)),
+    Variant("worker-1p-gc-default", "full worker, 1 process, batched topic, CPython's default GC thresholds",
+            lambda s, t, ev: bench_worker(with_sections(s, worker={"gc_young": 0}), t["batched"], len(ev), 1)),
     Variant("worker-2p", "full worker, 2 processes, batched topic",
             lambda s, t, ev: bench_worker(s, t["batched"], len(ev), 2)),
 ]

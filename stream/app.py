@@ -28,6 +28,7 @@ from faust.types import TP, EventT
 
 from infra import metrics
 from infra.errors import RedisRollbackError, SourceGapError
+from infra.gc_tuning import tune_gc
 from infra.kafka_log import faust_credentials
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
@@ -192,4 +193,5 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     reconcile(settings, client)  # resume from what Redis applied, not from Kafka's commits
     metrics.serve(settings.worker.metrics_port, "RECSTREAM_WORKER_METRICS_PORT")
     app = create_app(settings)
+    tune_gc(settings.worker.gc_young)  # after start-up: what it built is frozen out of every later pass
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
