@@ -325,9 +325,14 @@ class PartitionJoin:
     def _action(self, state: UserJoin, a: Arrival, out: JoinOutput) -> None:
         ev, cfg = a.event, self.config
         best: Pending | None = None
+        # _matches inlined (a user has many open impressions; most differ in item_id): open, same item and
+        # request, impression.ts <= action.ts <= impression.ts + window; the newest (ts, event_id) wins
+        item, request, ts, window = ev.item_id, ev.request_id, ev.ts, cfg.windows_ms[ev.type]
+        closed_before = a.watermark - cfg.max_window_ms
         for p in state.pending.values():
-            if p.ts + cfg.max_window_ms > a.watermark and _matches(p, ev.type, ev.item_id, ev.request_id, ev.ts, cfg) \
-                    and (best is None or (p.ts, p.event_id) > (best.ts, best.event_id)):
+            if p.item_id != item or p.ts <= closed_before or (request is not None and request != p.request_id):
+                continue
+            if p.ts <= ts <= p.ts + window and (best is None or (p.ts, p.event_id) > (best.ts, best.event_id)):
                 best = p
         if best is not None:
             self._label(ev.user_id, best, ev.type, ev.ts, out)
