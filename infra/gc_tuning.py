@@ -8,7 +8,8 @@ generations are then traversed again and again. Measured in-process on the inges
 bench batch-shape`` shapes): 30–40 % of its CPU per event (docs/performance.md, "Garbage collection").
 A young generation of tens of thousands of objects lets most temporaries die before a pass sees them, and
 :func:`gc.freeze` moves what start-up built (modules, the app, settings) out of every later pass. Cycles
-are still collected; the ratios between the generations stay CPython's.
+are still collected; the ratios between the generations stay CPython's. The trainer gains as much
+(``learning.gc_young``: 10.3–10.9k → 14.0–14.2k samples/s from Kafka, two runs each, docs/learning.md).
 
 >>> import gc
 >>> before = gc.get_threshold()

@@ -274,6 +274,9 @@ class LearningSettings(_Section):
     eval_per_batch: int = Field(
         256, ge=0, description="positives per training batch ranked against the catalogue before training")
     metrics_port: int = Field(9109, ge=0, le=65535, description="the trainer's /metrics (0 = none)")
+    gc_young: int = Field(
+        50_000, ge=0, le=10_000_000, description="the trainer's allocations between young-generation garbage "
+        "collections, as worker.gc_young (1.3x its samples/s); 0 = Python's defaults (infra.gc_tuning)")
     group: str = Field("recstream-trainer", description="the trainer's consumer group")
     seed: int = 7
 

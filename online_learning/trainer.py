@@ -33,6 +33,7 @@ from filters.sample_records import decode_samples
 from infra import metrics
 from infra.clock import Clock, now_ms
 from infra.errors import ModelError
+from infra.gc_tuning import tune_gc
 from infra.keys import trainer_seen
 from infra.redis_client import check_layout, connect
 from infra.settings import Settings
@@ -43,7 +44,7 @@ from online_learning.publish import ModelPublisher
 from online_learning.source import SampleRecord, SampleSource
 from online_learning.versions import ensure_version, resume
 
-__all__ = ["Trainer", "run_trainer"]
+__all__ = ["Trainer", "records_per_poll", "run_trainer"]
 
 _log = logging.getLogger("recstream.trainer")
 _SAFETY_TTL_MS = 86_400_000
@@ -201,6 +202,17 @@ class Trainer:
                             "trained": self.learner.trained, **snapshot})
 
 
+def records_per_poll(settings: Settings) -> int:
+    """Records per poll of the samples topic for ~5,000 samples: a batched record carries up to
+    ``join.samples_per_record`` of them (bounded memory per poll).
+
+    >>> from infra.settings import load_settings
+    >>> [records_per_poll(load_settings(join={"samples_per_record": n})) for n in (200, 1)]
+    [25, 5000]
+    """
+    return max(8, _SAMPLES_PER_POLL // settings.join.samples_per_record)
+
+
 def run_trainer(settings: Settings, until_idle_s: float | None = None, metrics_log: Path | None = None) -> Trainer:
     """``recstream trainer``: run until SIGTERM / SIGINT, or until ``until_idle_s`` seconds pass without a
     record (then publish once more and return)."""
@@ -213,9 +225,9 @@ def run_trainer(settings: Settings, until_idle_s: float | None = None, metrics_l
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     source = SampleSource(settings)
     trainer = Trainer(settings, client, source, metrics_log=metrics_log)
+    tune_gc(settings.learning.gc_young)  # after start-up (torch, the resumed tables): frozen out of every pass
     last_record = time.monotonic()
-    # ~5,000 samples a poll: a batched record carries up to join.samples_per_record of them
-    per_poll = max(8, _SAMPLES_PER_POLL // settings.join.samples_per_record)
+    per_poll = records_per_poll(settings)
     try:
         while not stopping:
             records = source.poll(per_poll, timeout_s=0.2)
