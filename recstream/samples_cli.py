@@ -16,7 +16,7 @@ committed, the worker and the trainer are unaffected. Errors (unreachable broker
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,7 +26,7 @@ import msgspec
 from tqdm import tqdm
 
 from filters.labels import Sample
-from filters.sample_records import decode_samples
+from filters.sample_records import decode_samples, encode_sample
 from infra.errors import InputError
 from infra.topic_reader import TopicRecord, read_between, read_last
 from recstream.cli_support import friendly_errors, settings_from_context
@@ -34,7 +34,6 @@ from recstream.data_cli import parse_start
 
 __all__ = ["format_line", "newest_samples", "parse_when", "samples"]
 
-_encoder = msgspec.json.Encoder()
 _KINDS = click.Choice(["positive", "impression"])
 _TAIL_MAX_PER_PARTITION = 1_000_000  # --kind widens the tail read up to this many records per partition
 
@@ -65,10 +64,10 @@ def format_line(s: Sample) -> str:
             f"history={len(s.history)}{pos}")
 
 
-def _decode(rec: TopicRecord) -> list[Sample | None]:
+def _decode(rec: TopicRecord) -> Sequence[Sample | None]:
     """The samples of one record (one or a batched array), or ``[None]`` for an undecodable record."""
     try:
-        return list(decode_samples(rec.value))
+        return decode_samples(rec.value)
     except msgspec.DecodeError:
         return [None]
 
@@ -144,7 +143,7 @@ def _write_jsonl(records: Iterable[TopicRecord], out: BinaryIO, kind: str | None
             if s is None:
                 bad += 1
             elif _wanted(s, kind):
-                out.write(_encoder.encode(s) + b"\n")
+                out.write(encode_sample(s) + b"\n")
                 written += 1
     return written, bad
 

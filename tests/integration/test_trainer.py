@@ -8,12 +8,12 @@ import time
 import uuid
 from pathlib import Path
 
-import msgspec
 import pytest
 import redis
 
 from filters.labels import Sample
 from filters.model_store import ModelStore
+from filters.sample_records import encode_sample
 from infra.settings import Settings
 from infra.topics import ensure_topics
 from stream.producer import EventProducer
@@ -22,7 +22,6 @@ from tests.conftest import ServicePair
 from tests.learning_data import stream
 
 pytestmark = pytest.mark.integration
-_encode = msgspec.json.Encoder().encode
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def settings(services: ServicePair, redis_client: redis.Redis, tmp_path: Path) -
 def _send(settings: Settings, samples: list[Sample], per_record: int) -> None:
     """Samples as the worker sends them: ``per_record`` to a batched record (1 = one per record)."""
     with EventProducer(settings) as producer:
-        producer.send_packed(settings.kafka.samples_topic, [(s.user_id, _encode(s)) for s in samples], per_record)
+        producer.send_packed(settings.kafka.samples_topic, [(s.user_id, encode_sample(s)) for s in samples], per_record)
         producer.flush(30)
 
 
