@@ -1,5 +1,5 @@
 """Peer 2 of :mod:`bench.peers_bench`: the same batches through the online trainer's model with its sparse
-update (:func:`~online_learning.model.train_step` + :func:`~online_learning.model.incremental_optimizer`:
+update (:func:`~online_learning.frozen_step.frozen_step` + :func:`~online_learning.model.incremental_optimizer`:
 Adagrad on the touched rows, towers frozen) and through the same model with dense tables and
 ``torch.optim.Adam`` on every parameter (what a plain ``torch.nn.Embedding`` + Adam trainer does).
 
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from bench.common import BAR
 from infra.settings import LearningSettings
+from online_learning.frozen_step import frozen_step
 from online_learning.model import Batch, TwoTower, incremental_optimizer, train_step
 
 HISTORY = 50
@@ -85,13 +86,13 @@ def _towers(model: TwoTower) -> list[Tensor]:
 class Side:
     """One model + optimizer, its step times and losses."""
 
-    def __init__(self, model: TwoTower, optimizer: Any) -> None:
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: TwoTower, optimizer: Any, step: Any = train_step) -> None:
+        self.model, self.optimizer, self._step = model, optimizer, step
         self.seconds, self.losses, self.samples = 0.0, list[float](), 0
 
     def step(self, batch: Batch, timed: bool) -> None:
         started = time.perf_counter()
-        self.losses.append(train_step(self.model, cast(Any, self.optimizer), batch))
+        self.losses.append(self._step(self.model, cast(Any, self.optimizer), batch))
         if timed:
             self.seconds += time.perf_counter() - started
             self.samples += len(batch)
@@ -103,7 +104,7 @@ def _sides(rows: int, cfg: LearningSettings) -> dict[str, Side]:
     ours = TwoTower(**sizes)
     ours.freeze_dense()
     dense = DenseTwoTower(**sizes)
-    return {"recstream sparse Adagrad (rows touched)": Side(ours, incremental_optimizer(ours, cfg.lr)),
+    return {"recstream sparse Adagrad (rows touched)": Side(ours, incremental_optimizer(ours, cfg.lr), frozen_step),
             "dense tables + torch.optim.Adam (all parameters)": Side(dense, torch.optim.Adam(dense.parameters(),
                                                                                              lr=cfg.dense_lr))}
 

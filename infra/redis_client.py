@@ -16,7 +16,7 @@ ValueError: recstream feature clients need decode_responses=False (values are bi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -99,24 +99,37 @@ def mget(client: redis.Redis, keys: Sequence[str]) -> list[Any]:
     return list(client.mget(keys))
 
 
-def write_packed(client: redis.Redis, commands: Sequence[Sequence[bytes | str | int | float]]) -> list[Any]:
+_SEND_BYTES = 1 << 20  # write_packed sends what it has packed once this much is waiting
+
+
+def write_packed(client: redis.Redis, commands: Iterable[Sequence[bytes | str | int | float]]) -> list[Any]:
     """Run ``commands`` in one round trip on one pooled connection, packed by hiredis in C: a redis-py
     pipeline spends ~1 µs of Python per argument, which dominates very wide writes (a publish of 100k
-    embedding rows is ~270k arguments). An error reply raises after the connection is dropped (so no
-    reply is left unread on a pooled connection). On a cluster: one pipeline, one round trip per node
-    (each command goes to its key's slot; a multi-key command must stay in one slot).
+    embedding rows is ~270k arguments). ``commands`` may be a generator: they are packed as they come and
+    sent in pieces of ~1 MB, so Redis parses one piece while Python builds and packs the next; the replies
+    are read once everything is sent. An error reply raises after the connection is dropped (so no reply
+    is left unread on a pooled connection). On a cluster: one pipeline, one round trip per node (each
+    command goes to its key's slot; a multi-key command must stay in one slot).
     """
     if is_cluster(client):
         pipe = client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         return list(pipe.execute())
-    packed = [hiredis.pack_command(tuple(c)) for c in commands]  # type: ignore[arg-type]
     pool = client.connection_pool
     conn: Any = pool.get_connection()
     try:
-        conn.send_packed_command([b"".join(packed)])  # one send, not one per command
-        return [conn.read_response() for _ in packed]
+        sent, waiting, size = 0, list[bytes](), 0
+        for command in commands:
+            waiting.append(hiredis.pack_command(tuple(command)))  # type: ignore[arg-type]
+            size += len(waiting[-1])
+            if size >= _SEND_BYTES:
+                conn.send_packed_command([b"".join(waiting)])
+                sent, waiting, size = sent + len(waiting), [], 0
+        if waiting:
+            conn.send_packed_command([b"".join(waiting)])  # one send for a small round, not one per command
+            sent += len(waiting)
+        return [conn.read_response() for _ in range(sent)]
     except BaseException:
         conn.disconnect()
         raise

@@ -47,30 +47,43 @@ class SampleDedup:
     def __init__(self, horizon_ms: int) -> None:
         self.width = max(1, horizon_ms // BUCKETS)
         self.horizon_ms = horizon_ms
-        self._buckets: dict[int, set[int]] = {}
+        self._bucket_of: dict[int, int] = {}  # id hash -> its bucket: one lookup per sample
+        self._buckets: dict[int, list[int]] = {}  # bucket -> its id hashes (to forget them when it expires)
         self._new: dict[int, list[int]] = {}
         self._newest = -1
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
+        return len(self._bucket_of)
 
     def fresh(self, sample_id: str, ts: int) -> bool:
         """True (and remembered) the first time ``sample_id`` is seen within the horizon."""
         h = id_hash(sample_id)
-        if any(h in b for b in self._buckets.values()):
+        if h in self._bucket_of:
             return False
-        bucket = ts // self.width
-        self._buckets.setdefault(bucket, set()).add(h)
-        self._new.setdefault(bucket, []).append(h)
+        self._remember(h, ts // self.width)
+        self._new.setdefault(ts // self.width, []).append(h)
         if ts > self._newest:
             self._newest = ts
             self._expire()
         return True
 
+    def _remember(self, h: int, bucket: int) -> None:
+        self._bucket_of[h] = bucket
+        ids = self._buckets.get(bucket)
+        if ids is None:
+            self._buckets[bucket] = [h]
+        else:
+            ids.append(h)
+
     def _expire(self) -> None:
         oldest = (self._newest - self.horizon_ms) // self.width
+        if not self._buckets or min(self._buckets) >= oldest:
+            return
+        bucket_of = self._bucket_of
         for bucket in [b for b in self._buckets if b < oldest]:
-            del self._buckets[bucket]
+            for h in self._buckets.pop(bucket):
+                if bucket_of.get(h) == bucket:
+                    del bucket_of[h]
 
     def take_new(self) -> dict[int, bytes]:
         """``bucket -> packed int64 ids`` remembered since the last call (for persisting)."""
@@ -81,9 +94,10 @@ class SampleDedup:
     def load(self, persisted: Mapping[int, Iterable[bytes]]) -> None:
         """Remember the ids of persisted buckets (``bucket -> packed blobs``)."""
         for bucket, blobs in persisted.items():
-            ids = self._buckets.setdefault(bucket, set())
             for blob in blobs:
-                ids.update(np.frombuffer(blob, dtype="<i8").tolist())
+                for h in np.frombuffer(blob, dtype="<i8").tolist():
+                    if h not in self._bucket_of:
+                        self._remember(h, bucket)
             self._newest = max(self._newest, (bucket + 1) * self.width - 1)
         self._expire()
 

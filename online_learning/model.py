@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from filters import towers
 from filters.towers import TowerWeights
 
-__all__ = ["Batch", "FullOptimizer", "TwoTower", "full_optimizer", "incremental_optimizer", "train_step"]
+__all__ = ["Batch", "FullOptimizer", "TwoTower", "full_optimizer", "in_batch_logits", "incremental_optimizer",
+           "train_step"]
 
 EMBEDDING_STD = 0.05
 
@@ -122,10 +123,7 @@ class TwoTower(nn.Module):
             raise ValueError(msg)
         u = F.normalize(user_vecs, dim=-1, eps=towers.EPS)
         v = F.normalize(item_vecs, dim=-1, eps=towers.EPS)
-        logits = (u @ v.T) / self.temperature - log_q.to(u.dtype).unsqueeze(0)
-        eye = torch.eye(b, dtype=torch.bool, device=logits.device)
-        collisions = (item_keys.unsqueeze(0) == item_keys.unsqueeze(1)) & ~eye
-        logits = logits.masked_fill(collisions, float("-inf"))
+        logits = in_batch_logits(u, v, item_keys, log_q, self.temperature)
         return F.cross_entropy(logits, torch.arange(b, device=logits.device))
 
     def dense_parameters(self) -> list[nn.Parameter]:
@@ -175,6 +173,27 @@ class TwoTower(nn.Module):
     def dense_checksum(self) -> str:
         """``filters.towers.dense_checksum`` of :meth:`export_weights`: the manifest's checksum of this model."""
         return towers.dense_checksum(self.export_weights())
+
+
+
+def in_batch_logits(u: Tensor, v: Tensor, item_keys: Tensor, log_q: Tensor, temperature: float) -> Tensor:
+    """``u @ v.T / T - log_q[j]`` with ``-inf`` where ``item_keys[j] == item_keys[i]`` and ``j != i``
+    (see :meth:`TwoTower.in_batch_loss`). The collision mask is built over the columns whose key occurs
+    more than once only (a handful per batch), not as a ``B x B`` comparison.
+
+    >>> keys = torch.tensor([5, 6, 5])
+    >>> torch.isinf(in_batch_logits(torch.eye(3), torch.eye(3), keys, torch.zeros(3), 1.0)).int().tolist()
+    [[0, 0, 1], [0, 0, 0], [1, 0, 0]]
+    """
+    logits = torch.addmm(-log_q.to(u.dtype).unsqueeze(0), u, v.T, alpha=1.0 / temperature)  # one pass, not three
+    _, inverse, counts = torch.unique(item_keys, return_inverse=True, return_counts=True)
+    repeated = torch.nonzero(counts[inverse] > 1).flatten()
+    if repeated.numel():
+        group = inverse[repeated]
+        same = (group.unsqueeze(0) == group.unsqueeze(1)).fill_diagonal_(False)
+        rows, cols = torch.nonzero(same, as_tuple=True)
+        logits = logits.index_put((repeated[rows], repeated[cols]), torch.tensor(float("-inf"), dtype=logits.dtype))
+    return logits
 
 
 class RowAdagrad:

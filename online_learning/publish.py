@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -54,7 +56,7 @@ class Family:
         bounds = np.searchsorted(shard[order], np.arange(shards + 1))
         matrix = np.ascontiguousarray(self.matrix[order], dtype="<f4")
         values = matrix.view(f"V{matrix.shape[1] * 4}").ravel().tolist()  # one bytes object per row
-        ids = [self.ids[k] for k in order.tolist()]
+        ids = list(itemgetter(*order.tolist())(self.ids)) if n > 1 else list(self.ids)  # in C, not a comprehension
         for s in range(shards):
             for start in range(int(bounds[s]), int(bounds[s + 1]), chunk):
                 stop = min(start + chunk, int(bounds[s + 1]))
@@ -92,26 +94,20 @@ class ModelPublisher:
                       extra_ttl_ms: int = 0) -> None:
         """Touched rows + manifest (+ ``extra``: list key -> blob appended, e.g. trained sample ids) into
         ``manifest.version``, one round trip."""
-        commands: list[Sequence[Any]] = list(self._hsets(rows, manifest.version))
+        tail: list[Sequence[Any]] = []
         for key, blob in (extra or {}).items():
-            commands.append(("RPUSH", key, blob))
+            tail.append(("RPUSH", key, blob))
             if extra_ttl_ms:
-                commands.append(("PEXPIRE", key, extra_ttl_ms))
-        commands.append(("SET", model_key(manifest.version, "manifest"), encode_manifest(manifest)))
-        write_packed(self.store.redis, commands)
+                tail.append(("PEXPIRE", key, extra_ttl_ms))
+        tail.append(("SET", model_key(manifest.version, "manifest"), encode_manifest(manifest)))
+        write_packed(self.store.redis, chain(self._hsets(rows, manifest.version), tail))  # built while sent
 
     def create_version(self, manifest: Manifest, weights: TowerWeights, defaults: Mapping[str, np.ndarray],
                        rows: Rows) -> None:
         """Write a complete version, then make it current and drop versions beyond the kept ones."""
         redis = self.store.redis
         redis.delete(*self.store.version_keys(manifest.version))  # a half-written earlier attempt
-        batch: list[Sequence[Any]] = []
-        for command in self._hsets(rows, manifest.version):
-            batch.append(command)
-            if len(batch) >= 8:
-                write_packed(redis, batch)
-                batch = []
-        write_packed(redis, batch)
+        write_packed(redis, self._hsets(rows, manifest.version))  # streamed: packed and sent ~1 MB at a time
         pipe = redis.pipeline(transaction=False)
         pipe.set(model_key(manifest.version, "weights"), encode_weights(weights))
         pipe.hset(model_key(manifest.version, "defaults"),
