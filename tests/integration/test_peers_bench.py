@@ -56,7 +56,8 @@ def test_feast_style_reads_answer_what_request_features_answers(redis_client: re
 def test_sparse_and_dense_updates_start_equal_and_publish_what_they_changed() -> None:
     out = run_size(rows=400, steps=4, cfg=LearningSettings(batch_size=64))
     ours, dense = out["sides"].values()
-    assert ours["first_loss"] == dense["first_loss"]  # same weights, same batch
+    # same weights, same batch (ours computes the loss by hand, online_learning.frozen_step: float rounding)
+    assert ours["first_loss"] == pytest.approx(dense["first_loss"], rel=1e-5)
     assert ours["rows_changed_in_window"] == out["rows_in_window_batches"]  # only the rows it touched
     assert all(dense["rows_changed_in_window"][k] >= n for k, n in out["rows_in_window_batches"].items())
     assert not ours["towers_changed"] and dense["towers_changed"]
