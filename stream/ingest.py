@@ -32,6 +32,7 @@ from infra import metrics
 from infra.clock import Clock, now_ms
 from infra.errors import EventValidationError, RedisRollbackError, SourceGapError
 from infra.keys import KeyLayout, watermark
+from infra.redis_client import write_packed
 from infra.settings import Settings
 from stream.batching import KeyPartitioner
 from stream.deliveries import Delivery
@@ -338,11 +339,11 @@ class IngestStage:
         items = sorted({ev.item_id for ev in events})
         if not items:
             return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for item in items:
-            pipe.hmget(self._keys.item_meta(item), "category", "author_id")
+        # one round trip packed by hiredis: a redis-py pipeline costs ~2x as much Python per HMGET here
+        meta_key = self._keys.item_meta
+        replies = write_packed(self._redis, [("HMGET", meta_key(i), "category", "author_id") for i in items])
         found: dict[str, tuple[str | None, str | None]] = {}
-        for item, (category, author) in zip(items, pipe.execute(), strict=True):
+        for item, (category, author) in zip(items, replies, strict=True):
             if category is not None or author is not None:
                 found[item] = (
                     None if category is None else category.decode(),
