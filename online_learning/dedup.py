@@ -60,8 +60,9 @@ class SampleDedup:
         h = id_hash(sample_id)
         if h in self._bucket_of:
             return False
-        self._remember(h, ts // self.width)
-        self._new.setdefault(ts // self.width, []).append(h)
+        bucket = ts // self.width
+        self._remember(h, bucket)
+        self._new.setdefault(bucket, []).append(h)
         if ts > self._newest:
             self._newest = ts
             self._expire()
