@@ -59,14 +59,25 @@ def committed(probe: LagProbe, timeout_s: float = 90.0) -> int:
             time.sleep(0.5)
 
 
-def wait_progress(probe: LagProbe, beyond: int, timeout_s: float) -> None:
-    """Until the group's committed offsets sum past ``beyond`` (raises on timeout)."""
+def wait_progress(probe: LagProbe, beyond: int, timeout_s: float, worker: WorkerProcess | None = None) -> None:
+    """Until the group's committed offsets sum past ``beyond``; on timeout the error says what the group
+    and the worker were doing (its liveness, the per-partition offsets and the end of its log)."""
     deadline = time.monotonic() + timeout_s
     while committed(probe) <= beyond:
         if time.monotonic() > deadline:
-            msg = f"the worker made no progress within {timeout_s:.0f} s of its restart"
+            msg = f"the worker made no progress within {timeout_s:.0f} s of its restart\n{_stall_report(probe, worker)}"
             raise AssertionError(msg)
         time.sleep(0.05)
+
+
+def _stall_report(probe: LagProbe, worker: WorkerProcess | None, lines: int = 60) -> str:
+    """The partitions' committed/end offsets and, for ``worker``, whether it runs and its last log lines."""
+    rows = ", ".join(f"{r.topic}[{r.partition}] {r.committed}/{r.end}" for r in probe.read())
+    report = [f"committed/end per partition: {rows}"]
+    if worker is not None:
+        report.append(f"worker alive: {worker.alive()}; last {lines} lines of {worker.log_path}:")
+        report += worker.log_path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(report)
 
 
 class Feed(threading.Thread):
@@ -117,7 +128,7 @@ def run_chaos(settings: Settings, events: list[Ev], meta: dict[str, ItemMeta], w
                 worker.crash()
                 restarted = time.monotonic()
                 worker = WorkerProcess(settings, log_dir / "worker.log").start()
-                wait_progress(probe, at_kill, 180)
+                wait_progress(probe, at_kill, 180, worker)
                 report.recovery_s.append(time.monotonic() - restarted)
                 report.worker_kills += 1
             else:

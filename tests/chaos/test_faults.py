@@ -117,7 +117,7 @@ def test_broker_stop_and_restart_mid_stream_loses_nothing(services: ServicePair,
     events, meta = make_stream(seed=33, n=9000)
     probe = LagProbe(settings)
     produce(settings, [], meta)
-    with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log"):
+    with WorkerProcess(settings, settings.home / "logs" / f"{settings.worker.app_id}.log") as worker:
         probe.wait_until_caught_up(120)
         produce(settings, events[:4500])
         time.sleep(1.0)
@@ -127,7 +127,7 @@ def test_broker_stop_and_restart_mid_stream_loses_nothing(services: ServicePair,
         restarted = time.monotonic()
         at_restart = committed(probe)  # the probe from before the restart (its admin client is renewed)
         produce(settings, events[4500:])
-        wait_progress(probe, at_restart, 180)
+        wait_progress(probe, at_restart, 180, worker)
         print(f"broker restart: processing resumed {time.monotonic() - restarted:.1f} s after the broker was back")
         probe.wait_until_caught_up(180)
     assert_state_matches(settings, events)
