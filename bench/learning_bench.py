@@ -140,8 +140,9 @@ def throughput(settings: Settings, client: redis.Redis, n: int) -> dict[str, Any
 
 def publish_time(settings: Settings, client: redis.Redis, rows: int, rounds: int = 5) -> dict[str, Any]:
     """One ``publish_delta`` of ``rows`` touched rows — two thirds user rows, one third item rows, plus the
-    touched items' vectors — with each row's shard known, as the trainer knows it (``Learner.row_shard``,
-    filled at admission), so no id is hashed while publishing."""
+    touched items' vectors — with each row's shard known and the rows grouped by shard, as the trainer
+    hands them over (``Learner.row_shard``, filled at admission; ``Learner.touched_rows``), so no id is
+    hashed and no row is moved while publishing."""
     from filters.model_store import ModelStore
     from infra.keys import shard_of
     from online_learning.versions import ensure_version
@@ -152,9 +153,10 @@ def publish_time(settings: Settings, client: redis.Redis, rows: int, rounds: int
     rng = np.random.default_rng(0)
 
     def family(prefix: str, n: int) -> Family:
-        ids = [f"{prefix}{k}" for k in range(n)]
-        return Family(ids, rng.standard_normal((n, dim), np.float32),
-                      np.fromiter((shard_of(i, shards) for i in ids), np.int64, n), shards)
+        shard = np.fromiter((shard_of(f"{prefix}{k}", shards) for k in range(n)), np.int64, n)
+        order = np.argsort(shard, kind="stable")
+        return Family([f"{prefix}{k}" for k in order.tolist()], rng.standard_normal((n, dim), np.float32),
+                      shard[order], shards)
 
     users, items = family("u", rows - rows // 3), family("i", rows // 3)
     batch = Rows(users, items, Family(items.ids, rng.standard_normal((len(items.ids), dim), np.float32),

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -275,17 +276,23 @@ class Learner:
     @torch.no_grad()
     def touched_rows(self) -> Rows:
         """The rows touched since the last call (embeddings, and the touched items' vectors)."""
-        users = self.tables.users.take_touched()
-        items = self.tables.items.take_touched()
+        user_ids, user_rows, user_shards = self._by_shard(self.tables.users.take_touched(), "users")
+        item_ids, item_rows, item_shards = self._by_shard(self.tables.items.take_touched(), "items")
         m = self.model
-        user_ids, item_ids = list(users), list(items)
         item_vecs = self._item_vectors(item_ids, [self.item_category.get(i, NO_CATEGORY) for i in item_ids])
-        user_rows, item_rows = list(users.values()), list(items.values())
-        user_shards, item_shards = self.row_shard["users"][user_rows], self.row_shard["items"][item_rows]
         n = self.shards
-        return Rows(Family(user_ids, m.user_emb.weight[user_rows].numpy(), user_shards, n),
-                    Family(item_ids, m.item_emb.weight[item_rows].numpy(), item_shards, n),
+        return Rows(Family(user_ids, m.user_emb.weight[torch.from_numpy(user_rows)].numpy(), user_shards, n),
+                    Family(item_ids, m.item_emb.weight[torch.from_numpy(item_rows)].numpy(), item_shards, n),
                     Family(item_ids, item_vecs, item_shards, n))
+
+    def _by_shard(self, touched: Mapping[str, int], family: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Touched ids, their rows and their Redis shards, grouped by shard: the rows are gathered from
+        the tables once, in the order the publish writes them."""
+        rows = np.fromiter(touched.values(), np.int64, len(touched))
+        shards = self.row_shard[family][rows]
+        order = np.argsort(shards, kind="stable")
+        ids = list(itemgetter(*order.tolist())(list(touched))) if len(touched) > 1 else list(touched)
+        return ids, rows[order], shards[order]
 
     def all_rows(self) -> Rows:
         """Every own row (a complete version)."""

@@ -45,21 +45,25 @@ class Family:
 
     def hsets(self, shards: int, key_of: Callable[[int], str], chunk: int = _CHUNK) -> Iterator[list[Any]]:
         """``HSET`` commands (at most ``chunk`` fields each) writing every row into its shard's hash:
-        rows grouped by shard with numpy, vectors as float32 bytes, ids as they are."""
+        rows grouped by shard (with numpy, unless they come grouped, as the trainer's do), vectors as
+        float32 bytes, ids as they are."""
         n = len(self.ids)
         if not n:
             return
         known = self.shards is not None and self.shard_count == shards
         shard = self.shards if known and self.shards is not None else np.fromiter(
             (shard_of(i, shards) for i in self.ids), np.int64, n)
-        order = np.argsort(shard, kind="stable")
-        bounds = np.searchsorted(shard[order], np.arange(shards + 1))
-        matrix = np.ascontiguousarray(self.matrix[order], dtype="<f4")
+        matrix, ids = self.matrix, self.ids
+        if np.any(shard[1:] < shard[:-1]):  # not grouped yet: one gather (the trainer's rows come grouped)
+            order = np.argsort(shard, kind="stable")
+            shard, matrix = shard[order], matrix[order]
+            ids = list(itemgetter(*order.tolist())(ids)) if n > 1 else list(ids)  # in C, not a comprehension
+        bounds = np.searchsorted(shard, np.arange(shards + 1)).tolist()
+        matrix = np.ascontiguousarray(matrix, dtype="<f4")
         values = matrix.view(f"V{matrix.shape[1] * 4}").ravel().tolist()  # one bytes object per row
-        ids = list(itemgetter(*order.tolist())(self.ids)) if n > 1 else list(self.ids)  # in C, not a comprehension
         for s in range(shards):
-            for start in range(int(bounds[s]), int(bounds[s + 1]), chunk):
-                stop = min(start + chunk, int(bounds[s + 1]))
+            for start in range(bounds[s], bounds[s + 1], chunk):
+                stop = min(start + chunk, bounds[s + 1])
                 args: list[Any] = [None] * (2 * (stop - start))
                 args[0::2], args[1::2] = ids[start:stop], values[start:stop]
                 yield ["HSET", key_of(s), *args]

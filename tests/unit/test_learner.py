@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from infra.keys import shard_of  # noqa: E402
 from infra.settings import LearningSettings  # noqa: E402
 from online_learning.learner import Learner, initial_rows  # noqa: E402
 from tests.learning_data import stream  # noqa: E402
@@ -52,6 +53,9 @@ def test_touched_rows_are_exactly_the_rows_trained_since_the_last_call() -> None
         np.testing.assert_array_equal(rows.users.matrix[k], learner.model.user_emb.weight[t.users.rows([user])[0]]
                                       .detach().numpy())
     assert set(rows.items.ids) == set(rows.vectors.ids) == {s.item_id for s in batch if s.item_id in t.items}
+    for family in (rows.users, rows.items):  # grouped by shard, as the publish writes them
+        assert family.shards is not None and list(family.shards) == sorted(family.shards)
+        assert list(family.shards) == [shard_of(i, learner.shards) for i in family.ids]
     assert learner.touched_rows().users.ids == []
 
 
