@@ -1,8 +1,11 @@
 """The chaos run shared by ``tests/chaos`` (reduced size) and ``recstream bench chaos`` (full size).
 
 The events go onto the topic at a fixed rate while the worker and the trainer run; at seeded random
-moments of the feed one of them is SIGKILLed and restarted at once, so every kill lands mid-stream. A
-worker's recovery time is from its SIGKILL to the group's first commit past the offsets it had reached.
+moments of the feed one of them is SIGKILLed and restarted at once. A worker's recovery time is from its
+SIGKILL to the group's first commit past the offsets it had reached. Each worker kill waits for that
+recovery (about the group's session timeout) before the next kill, so a late kill can come after the feed
+has ended and the worker has consumed everything: nothing is left to commit, and the recovery is the
+moment a new member holds the partitions.
 At the end the worker catches up, a last ``trainer --until-idle`` drains the samples, and the caller
 compares features and samples with the brute-force reference (:mod:`tests.pipeline_check`).
 """
@@ -12,19 +15,24 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka.admin import AdminClient
+
 from filters.events import ItemMeta
 from infra.errors import KafkaError
+from infra.kafka_log import client_config
 from infra.settings import Settings
-from stream.lag import LagProbe
+from stream.lag import LagProbe, LagRow
 from stream.worker_process import WorkerProcess
 from tests.integration.reference import Ev
 from tests.pipeline_check import produce
 
-__all__ = ["ChaosReport", "Feed", "chaos_settings", "committed", "run_chaos", "wait_progress"]
+__all__ = ["ChaosReport", "Feed", "chaos_settings", "committed", "group_members", "run_chaos", "wait_progress"]
 
 
 @dataclass
@@ -32,7 +40,8 @@ class ChaosReport:
     events: int
     worker_kills: int = 0
     trainer_kills: int = 0
-    recovery_s: list[float] = field(default_factory=list)  # worker SIGKILL -> the group's next commit past it
+    # worker SIGKILL -> the group's next commit past it (after the feed ended: a new member's assignment)
+    recovery_s: list[float] = field(default_factory=list)
     seconds: float = 0.0  # feed start -> worker caught up (kills and restarts included)
 
     @property
@@ -47,23 +56,52 @@ def chaos_settings(base: Settings) -> Settings:
         "metrics_port": 0, "group": f"trainer-{base.worker.app_id}", "dedup_horizon_ms": 4 * 86_400_000})})
 
 
-def committed(probe: LagProbe, timeout_s: float = 90.0) -> int:
-    """The sum of the group's committed offsets (asked again while a restarted broker is not answering yet)."""
+def _rows(probe: LagProbe, timeout_s: float = 90.0) -> list[LagRow]:
+    """The group's offsets (asked again while a restarted broker is not answering yet)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return sum(r.committed or 0 for r in probe.read())
+            return probe.read()
         except KafkaError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 
 
-def wait_progress(probe: LagProbe, beyond: int, timeout_s: float, worker: WorkerProcess | None = None) -> None:
-    """Until the group's committed offsets sum past ``beyond``; on timeout the error says what the group
-    and the worker were doing (its liveness, the per-partition offsets and the end of its log)."""
+def committed(probe: LagProbe, timeout_s: float = 90.0) -> int:
+    """The sum of the group's committed offsets."""
+    return sum(r.committed or 0 for r in _rows(probe, timeout_s))
+
+
+def group_members(settings: Settings, group: str) -> dict[str, bool]:
+    """The members of a stable ``group`` (member id -> whether it was assigned partitions); empty while
+    it rebalances or cannot be described."""
+    admin = AdminClient(client_config(settings.kafka, "chaos"))
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+    except (KafkaException, FutureTimeout):
+        return {}
+    if desc.state != ConsumerGroupState.STABLE:
+        return {}
+    return {m.member_id: bool(m.assignment is not None and m.assignment.topic_partitions) for m in desc.members}
+
+
+def wait_progress(probe: LagProbe, beyond: int, timeout_s: float, worker: WorkerProcess | None = None,
+                  killed: Iterable[str] = ()) -> None:
+    """Until the group's committed offsets sum past ``beyond``, or — when everything produced had been
+    consumed by then (a kill after the feed ended: nothing is left to commit) — until a member that is
+    not one of the ``killed`` ones holds partitions. On timeout the error says what the group and the
+    worker were doing (its liveness, the per-partition offsets and the end of its log)."""
     deadline = time.monotonic() + timeout_s
-    while committed(probe) <= beyond:
+    gone = set(killed)
+    while True:
+        rows = _rows(probe)
+        done = sum(r.committed or 0 for r in rows)
+        if done > beyond:
+            return
+        if done == beyond == sum(r.end for r in rows) and any(
+                holds for member, holds in group_members(probe.settings, probe.group).items() if member not in gone):
+            return
         if time.monotonic() > deadline:
             msg = f"the worker made no progress within {timeout_s:.0f} s of its restart\n{_stall_report(probe, worker)}"
             raise AssertionError(msg)
@@ -124,11 +162,11 @@ def run_chaos(settings: Settings, events: list[Ev], meta: dict[str, ItemMeta], w
         for victim, moment in zip(victims, moments, strict=True):
             time.sleep(max(0.0, started + moment - time.monotonic()))
             if victim == "worker":
-                at_kill = committed(probe)
+                at_kill, members = committed(probe), group_members(settings, probe.group)
                 worker.crash()
                 restarted = time.monotonic()
                 worker = WorkerProcess(settings, log_dir / "worker.log").start()
-                wait_progress(probe, at_kill, 180, worker)
+                wait_progress(probe, at_kill, 180, worker, killed=members)
                 report.recovery_s.append(time.monotonic() - restarted)
                 report.worker_kills += 1
             else:
