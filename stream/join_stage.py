@@ -98,36 +98,54 @@ class JoinStage:
         self._clock = clock
         self._ttl_ms = settings.kafka.retention_ms + settings.bloom.safety_ttl_days * MS_PER_DAY
         self._parts: dict[int, _Partition] = {}
+        self._batch: dict[int, tuple[_Partition, JoinOutput]] = {}  # the batch between begin and finish
+        self._batch_saves: list[tuple[int, int, Position, dict[str, UserJoin | None]]] = []
         self._delay = {kind: metrics.JOIN_EMIT_DELAY.labels(kind=kind) for kind in ("positive", "impression")}
         self._delay["canary"] = metrics.JOIN_EMIT_DELAY.labels(kind="canary")
 
-    def run(self, firsts: Mapping[int, Sequence[tuple[Delivery, bool]]], clocks: Mapping[int, PartitionClock],
-            persisted: Mapping[int, Position]) -> Callable[[], None]:
-        """Join the first deliveries of a batch (``partition -> (delivery, log the click only)`` in order;
-        ``clocks`` after the batch, ``persisted`` their positions before it) and queue its samples. Call
-        the returned function after the batch's feature writes: it waits for the samples' acknowledgements
-        and checkpoints."""
-        saves: list[tuple[int, int, Position, dict[str, UserJoin | None]]] = []
-        try:
-            for p, clock in clocks.items():
-                part = self._partition(p, persisted[p])
-                out = JoinOutput()
-                part.join.add(self._arrivals(p, part, firsts.get(p, ())), out)
-                part.join.close(clock.watermark, out)
-                position = (clock.offset, clock.index)
-                saves += self._saves(p, part, position, out)
-                if position != part.position:
-                    part.last_events_ms = self._clock()
-                part.position = position
-                if part.ahead and all(pos <= position for pos in part.ahead.values()):
-                    part.ahead.clear()
-                self._sink.send(out.samples)
-                self._observe(out)
-        except BaseException:
-            for p in clocks:
-                self._parts.pop(p, None)  # memory may be half-changed: load the checkpoint next time
-            raise
+    # --- one batch: begin, add chunk by chunk (while the feature writes are in flight), close, finish ---
+    def begin(self, persisted: Mapping[int, Position]) -> None:
+        """Start a batch over the partitions of ``persisted`` (their clock positions before it): memory
+        that does not hold exactly that position is loaded from the checkpoint."""
+        self._batch = {p: (self._partition(p, pos), JoinOutput()) for p, pos in persisted.items()}
+        self._batch_saves = []
+
+    def add(self, firsts: Mapping[int, Sequence[tuple[Delivery, bool]]]) -> None:
+        """Join the next first deliveries of the batch (``partition -> (delivery, log the click only)``, in
+        partition order across calls)."""
+        for p, pairs in firsts.items():
+            part, out = self._batch[p]
+            part.join.add(self._arrivals(p, part, pairs), out)
+
+    def close(self, clocks: Mapping[int, PartitionClock]) -> None:
+        """Close the windows the batch's watermarks reached and plan the checkpoint (``clocks`` after the
+        batch)."""
+        for p, clock in clocks.items():
+            part, out = self._batch[p]
+            part.join.close(clock.watermark, out)
+            position = (clock.offset, clock.index)
+            self._batch_saves += self._saves(p, part, position, out)
+            if position != part.position:
+                part.last_events_ms = self._clock()
+            part.position = position
+            if part.ahead and all(pos <= position for pos in part.ahead.values()):
+                part.ahead.clear()
+
+    def finish(self) -> Callable[[], None]:
+        """Queue the batch's samples (after its feature writes: the commit order); returns the commit step,
+        which waits for their acknowledgements and checkpoints."""
+        saves = self._batch_saves
+        for _, out in self._batch.values():
+            self._sink.send(out.samples)
+            self._observe(out)
+        self._batch, self._batch_saves = {}, []
         return lambda: self._commit(saves)
+
+    def abort(self) -> None:
+        """The batch failed: the memory of its partitions may be half-changed; load the checkpoint next time."""
+        for p in self._batch:
+            self._parts.pop(p, None)
+        self._batch, self._batch_saves = {}, []
 
     def flush_idle(self, idle_s: float) -> Callable[[], None] | None:
         """Close every open window of the partitions in memory that had no events for ``idle_s`` seconds of
