@@ -35,7 +35,9 @@ class ItemIndex:
     def __init__(self, ids: Sequence[str], vectors: np.ndarray, version: str, exact_below: int = EXACT_BELOW,
                  threads: int = 1) -> None:
         self.ids = list(ids)
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(self.ids), -1)
+        values = np.ascontiguousarray(vectors, dtype=np.float32)
+        # (n, d) as given; a flat array is split into len(ids) rows; an empty catalogue stays (0, d)
+        self.vectors = values.reshape(len(self.ids), values.shape[-1] if values.ndim == 2 else -1)
         self.version = version
         self.built_s = 0.0
         self._hnsw: Any = None

@@ -13,7 +13,7 @@ import redis
 from filters.model_store import ModelStore
 from infra.settings import Settings
 from online_learning.learner import Learner
-from online_learning.versions import publish_full
+from online_learning.versions import ensure_version, publish_full
 from serving.ann import ItemIndex
 from serving.client import FeatureClient
 from stream.exposure_writer import ExposureWriter
@@ -92,3 +92,17 @@ def test_hnsw_index_agrees_with_exact_search() -> None:
         got = {i for i, _ in index.search(q, 20)}
         hits += len(got & {i for i, _ in index.exact_search(q, 20)})
     assert hits / (50 * 20) >= 0.9
+
+
+def test_a_version_without_item_vectors_recommends_nothing(redis_service: ServicePair, redis_client: redis.Redis,
+                                                          tmp_path: Path) -> None:
+    settings = redis_service.settings.model_copy(update={"home": tmp_path})
+    store = ModelStore(redis_client, settings.redis.shards)
+    version = ensure_version(settings, store)  # a fresh install: the initial model, no trained item yet
+    assert store.all_rows("vector", version) == {}
+    client = FeatureClient(settings=settings)
+    try:
+        assert list(client.recommend("u1", 10).items) == []
+        assert ItemIndex([], np.zeros((0, 32), np.float32), version).search(np.ones(32, np.float32), 5) == []
+    finally:
+        client.close()
