@@ -80,12 +80,19 @@ class KeyGather:
 
     def __init__(self, keys: Sequence[str], per_slot: bool) -> None:
         self._n = len(keys)
+        self._single = not per_slot  # one MGET in key order: its reply needs no scattering
+        if self._single:
+            self._groups: list[list[int]] = []
+            self.ops = [Op("mget", (list(keys),))] if keys else []
+            return
         groups: dict[str, list[int]] = {}
         for k, key in enumerate(keys):
-            groups.setdefault(hash_slot_tag(key) if per_slot else "", []).append(k)
-        self._groups = list(groups.values()) if keys else []
+            groups.setdefault(hash_slot_tag(key), []).append(k)
+        self._groups = list(groups.values())
         self.ops = [Op("mget", ([keys[k] for k in idx],)) for idx in self._groups]
 
     def values(self, replies: Sequence[Sequence[Any]]) -> list[Any]:
         """The values in the order of the keys, from the replies of :attr:`ops`."""
+        if self._single:
+            return list(replies[0]) if replies else []
         return _scatter(self._n, self._groups, replies)

@@ -113,8 +113,10 @@ class FeatureRequest:
         self._add("last_n", [Op("zrange", *c) for c in calls.values() if c is not None])
         if s.user_stats:
             self._add("user_stats", [Op("mget", ([self.stats.keys.stats("user", u)],))])
+        # each candidate's shard, hashed once for its stats key and its vector's hash
+        self._shards = self.stats.keys.shard_list(self.candidates) if s.candidate_stats or s.scores else []
         if s.candidate_stats and self.candidates:
-            self._candidate_stats = KeyGather(self.stats.keys.stats_keys("item", self.candidates),
+            self._candidate_stats = KeyGather(self.stats.keys.stats_keys("item", self.candidates, self._shards),
                                               per_slot=is_cluster(self.stats.client))
             self._add("candidate_stats", self._candidate_stats.ops)
         if s.metadata:
@@ -127,8 +129,8 @@ class FeatureRequest:
             return
         store, v, user = self.model.store, self.version, self.user_id
         ops = [Op("get", (model_key(v, "manifest"),)), Op("hget", (store.embedding_key("user", user, v), user))]
-        cands = self.candidates if self.spec.scores else []
-        self._vectors = Gather(cands, store.keys.item_vector_keys(cands, v))
+        cands, shards = (self.candidates, self._shards) if self.spec.scores else ([], [])
+        self._vectors = Gather(cands, store.keys.item_vector_keys(cands, v, shards))
         self._add(name, ops + self._vectors.ops)
 
     def after_first(self, replies: Sequence[Any]) -> None:
