@@ -139,8 +139,8 @@ class KeyLayout:
         return f"{LAYOUT}:{self.shard_tag('item', shard)}:vec:{version}"
 
     def shard_list(self, ids: list[str]) -> list[int]:
-        """:meth:`shard` of many ids (hash them once, pass the list to :meth:`stats_keys` and
-        :meth:`item_vector_keys`).
+        """:func:`shard_of` of many ids, inlined (hash them once, pass the list to :meth:`stats_keys`
+        and :meth:`item_vector_keys`).
 
         >>> keys = KeyLayout(8)
         >>> keys.shard_list(["i1", "a1"]) == [keys.shard("item", "i1"), keys.shard("author", "a1")]
@@ -158,7 +158,8 @@ class KeyLayout:
         True
         """
         heads = [f"{LAYOUT}:{self.shard_tag(kind, s)}:" for s in range(self.shards)]
-        return [f"{heads[s]}{i}:st" for i, s in zip(ids, shards or self.shard_list(ids), strict=True)]
+        of_ids = shards if shards is not None else self.shard_list(ids)
+        return [f"{heads[s]}{i}:st" for i, s in zip(ids, of_ids, strict=True)]
 
     def item_vector_keys(self, ids: list[str], version: str, shards: list[int] | None = None) -> list[str]:
         """:meth:`item_vectors` of each of many item ids (the hash holding its vector); ``shards`` as in

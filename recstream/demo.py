@@ -23,7 +23,6 @@ import click
 import redis
 
 from filters.events import Event
-from filters.model_store import ModelStore
 from infra import services
 from infra.settings import Settings
 from infra.topics import ensure_topics
@@ -41,6 +40,7 @@ from recstream.demo_story import (
     plan_story,
     read_samples,
     snapshot_model,
+    wait_first_publish,
     with_replica,
 )
 from recstream.generate import GeneratorConfig, World, write_dataset
@@ -203,31 +203,16 @@ def _replay_phase(settings: Settings, data_dir: Path, processes: Sequence[Worker
     wait_caught_up(settings, processes, 900)
     total_s = replay.seconds + time.perf_counter() - started
     click.echo(f"  worker caught up: {replay.sent / total_s:,.0f} events/s end to end")
-    trained = _wait_first_publish(settings, 90)
+    client = FeatureClient(settings.redis.effective_url, settings=settings)
+    trained = wait_first_publish(settings, client, 90)
     click.echo(f"  trainer: {trained:,} positives trained and published" if trained else
                "  trainer: nothing published within 90 s (recommendations below come from the initial model)")
-    client = FeatureClient(settings.redis.effective_url, settings=settings)
     _show_features(settings, client, replay.user, replay.item)
     fresh = _freshness(settings, client, replay.user)
     client.close()
     _section("freshness")
     click.echo(f"  a new click was served {fresh * 1000:.0f} ms after it was produced")
     return _Run(replay, replay.sent / total_s, fresh)
-
-
-def _wait_first_publish(settings: Settings, timeout_s: float) -> int:
-    """Until the current model version has a publish of trained positives (the story's top-k needs item
-    vectors); returns the positives trained into it, 0 on timeout."""
-    store = ModelStore(redis.Redis.from_url(settings.redis.effective_url), settings.redis.shards)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        version = store.current()
-        manifest = store.manifest(version) if version else None
-        if manifest is not None and manifest.publishes > 0 and manifest.samples_seen > 0:
-            return manifest.samples_seen
-        if time.monotonic() > deadline:
-            return 0
-        time.sleep(0.5)
 
 
 def _live_phase(settings: Settings, replay: Replay, world: World, rate: float, live_s: float, logs: Path,

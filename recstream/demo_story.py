@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from filters.events import Event
 from filters.labels import Sample
+from filters.manifest import Manifest
 from filters.model_store import ModelStore
 from filters.sample_records import decode_samples
 from infra.kafka_log import client_config
@@ -145,18 +146,32 @@ def _top(settings: Settings, user: str) -> tuple[tuple[str, float], ...]:
         client.close()
 
 
-def _wait_published(settings: Settings, client: FeatureClient, user: str, items: Sequence[str], last_ts: int,
-                    timeout_s: float) -> bool:
-    """Until the current version's manifest has trained past ``last_ts`` and no item reads as unseen."""
+def _current_manifest(settings: Settings, client: FeatureClient, timeout_s: float,
+                      ready: Callable[[Manifest], bool]) -> Manifest | None:
+    """Poll the current version's manifest until ``ready`` holds for it (None after ``timeout_s``)."""
     store = ModelStore(client.redis, settings.redis.shards)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         version = store.current()
-        if version is not None and store.manifest(version).newest_event_ms >= last_ts \
-                and not client.filter_unseen(user, items):
-            return True
+        manifest = store.manifest(version) if version is not None else None
+        if manifest is not None and ready(manifest):
+            return manifest
         time.sleep(0.25)
-    return False
+    return None
+
+
+def _wait_published(settings: Settings, client: FeatureClient, user: str, items: Sequence[str], last_ts: int,
+                    timeout_s: float) -> bool:
+    """Until the current version's manifest has trained past ``last_ts`` and no item reads as unseen."""
+    return _current_manifest(settings, client, timeout_s, lambda m: m.newest_event_ms >= last_ts
+                             and not client.filter_unseen(user, items)) is not None
+
+
+def wait_first_publish(settings: Settings, client: FeatureClient, timeout_s: float) -> int:
+    """Until the current version has a publish of trained positives (a top-k needs published item
+    vectors); returns the positives trained into it, 0 after ``timeout_s``."""
+    manifest = _current_manifest(settings, client, timeout_s, lambda m: m.publishes > 0 and m.samples_seen > 0)
+    return 0 if manifest is None else manifest.samples_seen
 
 
 @dataclass

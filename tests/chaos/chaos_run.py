@@ -73,10 +73,9 @@ def committed(probe: LagProbe, timeout_s: float = 90.0) -> int:
     return sum(r.committed or 0 for r in _rows(probe, timeout_s))
 
 
-def group_members(settings: Settings, group: str) -> dict[str, bool]:
+def group_members(admin: AdminClient, group: str) -> dict[str, bool]:
     """The members of a stable ``group`` (member id -> whether it was assigned partitions); empty while
     it rebalances or cannot be described."""
-    admin = AdminClient(client_config(settings.kafka, "chaos"))
     try:
         desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
     except (KafkaException, FutureTimeout):
@@ -93,14 +92,14 @@ def wait_progress(probe: LagProbe, beyond: int, timeout_s: float, worker: Worker
     not one of the ``killed`` ones holds partitions. On timeout the error says what the group and the
     worker were doing (its liveness, the per-partition offsets and the end of its log)."""
     deadline = time.monotonic() + timeout_s
-    gone = set(killed)
+    gone, admin = set(killed), AdminClient(client_config(probe.settings.kafka, "chaos"))
     while True:
         rows = _rows(probe)
         done = sum(r.committed or 0 for r in rows)
         if done > beyond:
             return
         if done == beyond == sum(r.end for r in rows) and any(
-                holds for member, holds in group_members(probe.settings, probe.group).items() if member not in gone):
+                holds for member, holds in group_members(admin, probe.group).items() if member not in gone):
             return
         if time.monotonic() > deadline:
             msg = f"the worker made no progress within {timeout_s:.0f} s of its restart\n{_stall_report(probe, worker)}"
@@ -110,7 +109,7 @@ def wait_progress(probe: LagProbe, beyond: int, timeout_s: float, worker: Worker
 
 def _stall_report(probe: LagProbe, worker: WorkerProcess | None, lines: int = 60) -> str:
     """The partitions' committed/end offsets and, for ``worker``, whether it runs and its last log lines."""
-    rows = ", ".join(f"{r.topic}[{r.partition}] {r.committed}/{r.end}" for r in probe.read())
+    rows = ", ".join(f"{r.topic}[{r.partition}] {r.committed}/{r.end}" for r in _rows(probe))
     report = [f"committed/end per partition: {rows}"]
     if worker is not None:
         report.append(f"worker alive: {worker.alive()}; last {lines} lines of {worker.log_path}:")
@@ -145,7 +144,7 @@ def run_chaos(settings: Settings, events: list[Ev], meta: dict[str, ItemMeta], w
     """Feed ``events`` at ``rate`` per second while the worker and the trainer are SIGKILLed (at seeded
     random moments over the feed) and restarted; then catch up and drain the samples."""
     rng = random.Random(seed)
-    probe = LagProbe(settings)
+    probe, admin = LagProbe(settings), AdminClient(client_config(settings.kafka, "chaos"))
     report = ChaosReport(len(events))
     victims = ["worker"] * worker_kills + ["trainer"] * trainer_kills
     rng.shuffle(victims)
@@ -162,7 +161,7 @@ def run_chaos(settings: Settings, events: list[Ev], meta: dict[str, ItemMeta], w
         for victim, moment in zip(victims, moments, strict=True):
             time.sleep(max(0.0, started + moment - time.monotonic()))
             if victim == "worker":
-                at_kill, members = committed(probe), group_members(settings, probe.group)
+                at_kill, members = committed(probe), group_members(admin, probe.group)
                 worker.crash()
                 restarted = time.monotonic()
                 worker = WorkerProcess(settings, log_dir / "worker.log").start()
