@@ -3,19 +3,21 @@
 :func:`murmur2_partition` is where every murmur2 producer (Kafka's Java client, aiokafka / Faust,
 librdkafka's ``murmur2_random``) puts a key; :class:`KeyPartitioner` caches it for the worker, which
 checks that every event of a record belongs to the record's partition. :class:`PartitionBatcher`
-packs a partition's events into batched records (docs/events.md).
+packs a partition's events into batched records (docs/events.md); :func:`pack_grouped` packs values that
+are all at hand (the worker's samples) with one encoder call per record.
 """
 
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from aiokafka.partitioner import murmur2
 
 from infra.clock import Clock
 
-__all__ = ["BatchRecord", "KeyPartitioner", "PartitionBatcher", "murmur2_partition"]
+__all__ = ["BatchRecord", "KeyPartitioner", "PartitionBatcher", "murmur2_partition", "pack_grouped"]
 
 
 def murmur2_partition(key: bytes, partitions: int) -> int:
@@ -146,3 +148,43 @@ class PartitionBatcher:
     def _take(self, partition: int) -> BatchRecord:
         buf = self._buffers.pop(partition)
         return BatchRecord(partition, buf.key, b"[" + b",".join(buf.items) + b"]", len(buf.items))
+
+
+def pack_grouped(keyed: Sequence[tuple[str, Any]], place: Callable[[str], int], per_record: int, max_bytes: int,
+                 encode: Callable[[list[Any]], bytes]) -> list[BatchRecord]:
+    """Records of JSON arrays (``encode`` of a list) of at most ``per_record`` values and ``max_bytes``
+    (an array over it is halved until it fits or holds one value), each of one partition: the values
+    whose key ``place`` maps there, in the given order; the first value's key keys the record.
+
+    >>> import json
+    >>> def enc(vs): return json.dumps(vs).encode()
+    >>> recs = pack_grouped([("a", 1), ("b", 2), ("a", 3), ("a", 4)], lambda k: ord(k) % 2, 2, 100, enc)
+    >>> [(r.partition, r.key, r.value, r.events) for r in recs]
+    [(1, b'a', b'[1, 3]', 2), (1, b'a', b'[4]', 1), (0, b'b', b'[2]', 1)]
+    >>> [r.value for r in pack_grouped([("a", "x" * 8)] * 3, lambda k: 0, 3, 30, enc)]
+    [b'["xxxxxxxx"]', b'["xxxxxxxx", "xxxxxxxx"]']
+    """
+    groups: dict[int, tuple[list[str], list[Any]]] = {}
+    for key, value in keyed:
+        partition = place(key)
+        group = groups.get(partition)
+        if group is None:
+            group = groups[partition] = ([], [])
+        group[0].append(key)
+        group[1].append(value)
+    out: list[BatchRecord] = []
+    for partition, (keys, values) in groups.items():
+        for start in range(0, len(values), per_record):
+            _pack_span(partition, keys, values, start, min(start + per_record, len(values)), max_bytes, encode, out)
+    return out
+
+
+def _pack_span(partition: int, keys: list[str], values: list[Any], start: int, stop: int, max_bytes: int,
+               encode: Callable[[list[Any]], bytes], out: list[BatchRecord]) -> None:
+    blob = encode(values[start:stop])
+    if len(blob) <= max_bytes or stop - start == 1:
+        out.append(BatchRecord(partition, keys[start].encode(), blob, stop - start))
+        return
+    middle = (start + stop) // 2
+    _pack_span(partition, keys, values, start, middle, max_bytes, encode, out)
+    _pack_span(partition, keys, values, middle, stop, max_bytes, encode, out)

@@ -4,9 +4,10 @@ to the samples topic, the join state checkpointed in Redis (docs/samples.md).
 The worker that owns a source partition keeps its join state in memory and checkpoints what a batch
 changed: one ``join_save.lua`` call per user shard, a hash of per-user msgpack states plus the source
 position they hold. The commit order extends the ingest stage's: feature writes → samples and dead
-letters acknowledged by the broker → join checkpoint → watermark → offsets. So a crash re-derives at most
-the samples of the batches whose checkpoint was not written (the same ids: consumers drop duplicates by
-``sample_id``), and never loses one.
+letters acknowledged by the broker → join checkpoint → watermark → offsets. Samples are *queued* as soon as
+a chunk is joined, while Redis still applies the chunk's writes (the join's Kafka work overlaps Redis), and
+only awaited after the writes. So a crash re-derives at most the samples of the batches whose checkpoint
+was not written (the same ids: consumers drop duplicates by ``sample_id``), and never loses one.
 
 The memory of a partition is trusted only while its position equals the persisted clock's: after a
 restart, a rebalance, or a failed batch it is loaded again from the checkpoint, and a shard whose
@@ -61,7 +62,7 @@ class KafkaSampleSink:
         self._producer = EventProducer(settings)
 
     def send(self, samples: Sequence[Sample]) -> None:
-        self._producer.send_packed(self._topic, [(s.user_id, encode_sample(s)) for s in samples], self._per_record)
+        self._producer.send_packed(self._topic, [(s.user_id, s) for s in samples], self._per_record, encode_sample)
 
     def flush(self) -> None:
         self._producer.flush(60.0)
@@ -103,7 +104,8 @@ class JoinStage:
         self._delay = {kind: metrics.JOIN_EMIT_DELAY.labels(kind=kind) for kind in ("positive", "impression")}
         self._delay["canary"] = metrics.JOIN_EMIT_DELAY.labels(kind="canary")
 
-    # --- one batch: begin, add chunk by chunk (while the feature writes are in flight), close, finish ---
+    # --- one batch: begin, add chunk by chunk (while the feature writes are in flight), close, finish;
+    # samples are queued as add and close make them, and acknowledged in the commit step ---
     def begin(self, persisted: Mapping[int, Position]) -> None:
         """Start a batch over the partitions of ``persisted`` (their clock positions before it): memory
         that does not hold exactly that position is loaded from the checkpoint."""
@@ -113,16 +115,24 @@ class JoinStage:
     def add(self, firsts: Mapping[int, Sequence[tuple[Delivery, bool]]]) -> None:
         """Join the next first deliveries of the batch (``partition -> (delivery, log the click only)``, in
         partition order across calls)."""
+        new: list[Sample] = []
         for p, pairs in firsts.items():
             part, out = self._batch[p]
+            before = len(out.samples)
             part.join.add(self._arrivals(p, part, pairs), out)
+            new += out.samples[before:]
+        if new:  # queued now, while Redis applies the chunk; acknowledged in the commit step
+            self._sink.send(new)
 
     def close(self, clocks: Mapping[int, PartitionClock]) -> None:
         """Close the windows the batch's watermarks reached and plan the checkpoint (``clocks`` after the
         batch)."""
+        new: list[Sample] = []
         for p, clock in clocks.items():
             part, out = self._batch[p]
+            before = len(out.samples)
             part.join.close(clock.watermark, out)
+            new += out.samples[before:]
             position = (clock.offset, clock.index)
             self._batch_saves += self._saves(p, part, position, out)
             if position != part.position:
@@ -130,13 +140,14 @@ class JoinStage:
             part.position = position
             if part.ahead and all(pos <= position for pos in part.ahead.values()):
                 part.ahead.clear()
+        if new:
+            self._sink.send(new)
 
     def finish(self) -> Callable[[], None]:
-        """Queue the batch's samples (after its feature writes: the commit order); returns the commit step,
-        which waits for their acknowledgements and checkpoints."""
+        """End the batch (its feature writes are done); returns the commit step, which waits for the
+        acknowledgements of the samples :meth:`add` and :meth:`close` queued, then checkpoints."""
         saves = self._batch_saves
         for _, out in self._batch.values():
-            self._sink.send(out.samples)
             self._observe(out)
         self._batch, self._batch_saves = {}, []
         return lambda: self._commit(saves)

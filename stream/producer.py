@@ -40,7 +40,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -50,7 +50,7 @@ from filters.events import Event, ItemMeta, encode
 from infra.errors import InfraError, KafkaError
 from infra.kafka_log import RepeatFilter, client_config
 from infra.settings import Settings, load_settings
-from stream.batching import BatchRecord, KeyPartitioner, PartitionBatcher
+from stream.batching import BatchRecord, KeyPartitioner, PartitionBatcher, pack_grouped
 
 __all__ = ["BASE_CONFIG", "DeliveryFailure", "EventProducer"]
 
@@ -278,21 +278,18 @@ class EventProducer:
         self.records += len(records)
         self._producer.poll(0)
 
-    def send_packed(self, topic: str, records: Sequence[tuple[str, bytes]], per_record: int) -> None:
-        """Queue encoded JSON values on ``topic`` (not the events topic) packed into batched records, each a
-        JSON array of at most ``per_record`` values (and ``producer.batch_max_bytes``) whose string keys
-        all map to the record's murmur2 partition, in the given order; the first one keys the record. The
-        worker's samples (docs/samples.md); ``per_record = 1`` is :meth:`send_keyed`. Failures are raised
-        by :meth:`flush`."""
+    def send_packed(self, topic: str, records: Sequence[tuple[str, Any]], per_record: int,
+                    encode: Callable[[Any], bytes]) -> None:
+        """Queue values on ``topic`` (not the events topic) packed into batched records, each a JSON array
+        (``encode`` of a list: one encoder call per record) of at most ``per_record`` values (and
+        ``producer.batch_max_bytes``) whose string keys all map to the record's murmur2 partition, in the
+        given order; the first one keys the record. The worker's samples (docs/samples.md);
+        ``per_record = 1`` sends ``encode(value)`` per record. Failures are raised by :meth:`flush`."""
         if per_record <= 1:
-            self.send_keyed(topic, [(key.encode(), value) for key, value in records])
+            self.send_keyed(topic, [(key.encode(), encode(value)) for key, value in records])
             return
-        place = self._placement(topic)
-        batcher = PartitionBatcher(per_record, self.settings.producer.batch_max_bytes, float("inf"))
-        ready: list[BatchRecord] = []
-        for key, value in records:
-            ready += batcher.add(place(key), key.encode(), value)
-        self._send_records(topic, ready + batcher.drain())
+        self._send_records(topic, pack_grouped(records, self._placement(topic), per_record,
+                                               self.settings.producer.batch_max_bytes, encode))
         self._producer.poll(0)
 
     def poll(self, timeout: float = 0.0) -> int:

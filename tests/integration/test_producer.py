@@ -179,9 +179,9 @@ def test_send_packed_packs_per_partition_in_order(kafka_service) -> None:  # typ
     settings = kafka_service.settings
     k = settings.kafka
     tag = uuid.uuid4().hex
-    records = [(f"u{i % 7}", f'{{"tag":"{tag}","n":{i}}}'.encode()) for i in range(100)]
+    records = [(f"u{i % 7}", {"tag": tag, "n": i}) for i in range(100)]
     with EventProducer(settings) as producer:
-        producer.send_packed(k.samples_topic, records, per_record=6)
+        producer.send_packed(k.samples_topic, records, per_record=6, encode=msgspec.json.encode)
     assert producer.delivered == producer.produced == 100
     got = read_back(kafka_service.bootstrap, k.samples_topic, k.partitions, 100, tag.encode(),
                     size=lambda m: (m.value() or b"").count(b'"n":'))

@@ -40,7 +40,7 @@ def settings(services: ServicePair, redis_client: redis.Redis, tmp_path: Path) -
 def _send(settings: Settings, samples: list[Sample], per_record: int) -> None:
     """Samples as the worker sends them: ``per_record`` to a batched record (1 = one per record)."""
     with EventProducer(settings) as producer:
-        producer.send_packed(settings.kafka.samples_topic, [(s.user_id, encode_sample(s)) for s in samples], per_record)
+        producer.send_packed(settings.kafka.samples_topic, [(s.user_id, s) for s in samples], per_record, encode_sample)
         producer.flush(30)
 
 

@@ -3,6 +3,8 @@ cluster (no real broker; the mock auto-creates topics with 4 partitions)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, Message, TopicPartition
@@ -10,7 +12,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from filters.events import Event, decode_record, encode
 from infra.errors import KafkaError
 from infra.settings import Settings, load_settings
-from stream.batching import BatchRecord, PartitionBatcher, murmur2_partition
+from stream.batching import BatchRecord, PartitionBatcher, murmur2_partition, pack_grouped
 from stream.producer import EventProducer
 
 MOCK_PARTITIONS = 4
@@ -99,6 +101,31 @@ def test_zero_linger_sends_every_event_at_once() -> None:
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="bad batch bounds"):
         PartitionBatcher(0, 100, 5)
+
+
+@pytest.mark.parametrize(("per_record", "max_bytes", "sizes", "expected"), [
+    (3, 1000, [5] * 7, [3, 3, 1]),  # the count bound
+    (10, 14, [5] * 4, [2, 2]),  # [a,b] = 13 bytes fits, [a,b,c,d] = 25 is halved
+    (10, 14, [5] * 3, [1, 2]),  # an odd span halves unevenly, in order
+    (10, 10, [30, 5], [1, 1]),  # a value over the bound alone still goes (the broker refuses or takes it)
+    (1000, 1000, [], []),
+])
+def test_pack_grouped_bounds(per_record: int, max_bytes: int, sizes: list[int], expected: list[int]) -> None:
+    values = [item(n) for n in sizes]
+    recs = pack_grouped([("u", v) for v in values], lambda key: 0, per_record, max_bytes,
+                        lambda vs: b"[" + b",".join(vs) + b"]")
+    assert [r.events for r in recs] == expected
+    assert b"".join(r.value[1:-1].replace(b",", b"") for r in recs) == b"".join(values)  # every value, in order
+    assert all(len(r.value) <= max_bytes for r in recs if r.events > 1)
+
+
+def test_pack_grouped_keeps_each_partitions_order_and_keys_records_by_their_first_value() -> None:
+    keyed = [(f"u{i % 5}", i) for i in range(40)]
+    recs = pack_grouped(keyed, lambda key: int(key[1:]) % 2, 4, 1000, lambda vs: json.dumps(vs).encode())
+    for partition in (0, 1):
+        mine = [(r, json.loads(r.value)) for r in recs if r.partition == partition]
+        assert [v for _, vs in mine for v in vs] == [i for key, i in keyed if int(key[1:]) % 2 == partition]
+        assert all(r.key == f"u{vs[0] % 5}".encode() and len(vs) <= 4 for r, vs in mine)
 
 
 def test_murmur2_partition_matches_aiokafka() -> None:
