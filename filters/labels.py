@@ -47,6 +47,7 @@ from typing import Literal
 import mmh3
 import msgspec
 
+from filters.deadlines import DeadlineQueue
 from filters.events import ACTIONS, CANARY_PREFIX, Event
 from infra.settings import Settings
 
@@ -60,6 +61,8 @@ _BITS = {a: 1 << i for i, a in enumerate(ACTIONS)}
 _LABELS = [{a: int(bool(mask & bit)) for a, bit in _BITS.items()} for mask in range(1 << len(ACTIONS))]
 # the metric labels of an impression sample per bit mask: its actions, or "none"
 _LABEL_NAMES = [tuple(a for a, bit in _BITS.items() if mask & bit) or ("none",) for mask in range(1 << len(ACTIONS))]
+_IMPRESSION_COUNTS = [tuple(("samples", "impression", name) for name in names) for names in _LABEL_NAMES]
+_CLICK = _BITS["click"]
 
 
 def sample_id(kind: str, impression_event_id: str) -> str:
@@ -239,8 +242,8 @@ class PartitionJoin:
     def __init__(self, config: JoinConfig, users: dict[str, UserJoin] | None = None) -> None:
         self.config = config
         self.users: dict[str, UserJoin] = users if users is not None else {}
-        self._closing: list[tuple[int, str, str]] = []  # (deadline, user, impression event id)
-        self._expiring: list[tuple[int, str, str]] = []  # (horizon, user, action event id)
+        closing: list[tuple[int, str, str]] = []  # (deadline, user, impression event id)
+        expiring: list[tuple[int, str, str]] = []  # (horizon, user, action event id)
         self._idle: list[tuple[int, str]] = []  # (newest + idle_user_ms, user)
         # user -> (bisect end in its click log, the history built there), dropped when the log changes
         self._histories: dict[str, tuple[int, list[str]]] = {}
@@ -248,12 +251,12 @@ class PartitionJoin:
         self.open_waiting = sum(len(s.waiting) for s in self.users.values())
         for user, state in self.users.items():
             for p in state.pending.values():
-                self._closing.append((p.ts + config.max_window_ms, user, p.event_id))
+                closing.append((p.ts + config.max_window_ms, user, p.event_id))
             for w in state.waiting:
-                self._expiring.append((config.horizon(w.type, w.ts), user, w.event_id))
+                expiring.append((config.horizon(w.type, w.ts), user, w.event_id))
             self._idle.append((state.newest + config.idle_user_ms, user))
-        heapq.heapify(self._closing)
-        heapq.heapify(self._expiring)
+        self._closing = DeadlineQueue(closing)
+        self._expiring = DeadlineQueue(expiring)
         heapq.heapify(self._idle)
 
     def add(self, arrivals: Iterable[Arrival], out: JoinOutput) -> None:
@@ -296,7 +299,7 @@ class PartitionJoin:
                     self._history(ev.user_id, state, ev.ts))
         state.pending[ev.event_id] = p
         self.open_impressions += 1
-        heapq.heappush(self._closing, (deadline, ev.user_id, ev.event_id))
+        self._closing.push((deadline, ev.user_id, ev.event_id))
         if state.waiting:
             kept = []
             for w in state.waiting:
@@ -343,7 +346,7 @@ class PartitionJoin:
             return
         state.waiting.append(Waiting(ev.event_id, ev.type, ev.item_id, ev.request_id, ev.ts))
         self.open_waiting += 1
-        heapq.heappush(self._expiring, (horizon, ev.user_id, ev.event_id))
+        self._expiring.push((horizon, ev.user_id, ev.event_id))
 
     def _label(self, user: str, p: Pending, action: str, ts: int, out: JoinOutput) -> None:
         out.counts[("actions", action, "joined")] += 1
@@ -366,8 +369,7 @@ class PartitionJoin:
         """Close every window the watermark has reached: impression samples out, waiting actions that can
         no longer match dropped, users idle beyond ``idle_user_ms`` with nothing open forgotten."""
         users = self.users
-        while self._closing and self._closing[0][0] <= watermark:
-            _, user, event_id = heapq.heappop(self._closing)
+        for _, user, event_id in self._closing.pop_due(watermark):
             state = users.get(user)
             p = state.pending.pop(event_id, None) if state is not None else None
             if state is None or p is None:
@@ -375,8 +377,7 @@ class PartitionJoin:
             out.changed[user] = state
             self.open_impressions -= 1
             self._emit_impression(user, p, out)
-        while self._expiring and self._expiring[0][0] <= watermark:
-            _, user, event_id = heapq.heappop(self._expiring)
+        for _, user, event_id in self._expiring.pop_due(watermark):
             state = users.get(user)
             if state is None:
                 continue
@@ -402,15 +403,14 @@ class PartitionJoin:
     def close_open(self, out: JoinOutput) -> None:
         """Close every open window now, whatever the watermark: the idle flush of live traffic (a wall-clock
         decision, so never used where samples must equal a replay's). Click logs stay."""
-        last = max([d for d, _, _ in self._closing] + [h for h, _, _ in self._expiring], default=-1)
+        last = max(self._closing.last_deadline(), self._expiring.last_deadline())
         self.close(last, out)
 
     def _emit_impression(self, user: str, p: Pending, out: JoinOutput) -> None:
-        clicked = bool(p.labels & _BITS["click"])
         sid = sample_id("impression", p.event_id)
-        if not clicked and not keeps(sid, self.config.alpha):
+        if not p.labels & _CLICK and not keeps(sid, self.config.alpha):
             out.counts[("impressions", "downsampled", "")] += 1
             return
         out.samples.append(self._sample("impression", user, p, p.ts, sid))
-        for name in _LABEL_NAMES[p.labels]:
-            out.counts[("samples", "impression", name)] += 1
+        for key in _IMPRESSION_COUNTS[p.labels]:
+            out.counts[key] += 1
