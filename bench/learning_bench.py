@@ -64,8 +64,8 @@ def _produce(settings: Settings, samples: list[Sample]) -> None:
     with EventProducer(settings) as producer:
         for k in range(0, len(samples), 10_000):
             chunk = samples[k:k + 10_000]
-            producer.send_packed(settings.kafka.samples_topic, [(s.user_id, encode_sample(s)) for s in chunk],
-                                 settings.join.samples_per_record)
+            producer.send_packed(settings.kafka.samples_topic, [(s.user_id, s) for s in chunk],
+                                 settings.join.samples_per_record, encode_sample)
             producer.poll()
         producer.flush(120)
 
