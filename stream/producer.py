@@ -74,12 +74,13 @@ _UNASSIGNED = -1  # librdkafka's RD_KAFKA_PARTITION_UA: let the configured parti
 class DeliveryFailure:
     """One message the broker did not accept (kept for the error message of :meth:`EventProducer.flush`).
 
-    ``events`` is set for a batched record: how many events it carried (all of them are lost).
+    ``events`` is set for a batched record: how many values it carried — events, or samples on the samples
+    topic (all of them are lost).
 
     >>> str(DeliveryFailure("t", b"u1", "Broker: Message size too large"))
     "t key=b'u1': Broker: Message size too large"
     >>> str(DeliveryFailure("t", b"u1", "Local: Message timed out", events=37))
-    "t key=b'u1' (batched record of 37 events): Local: Message timed out"
+    "t key=b'u1' (batched record of 37 values): Local: Message timed out"
     """
 
     __slots__ = ("events", "key", "reason", "topic")
@@ -91,7 +92,7 @@ class DeliveryFailure:
         self.events = events
 
     def __str__(self) -> str:
-        batch = "" if self.events is None else f" (batched record of {self.events} events)"
+        batch = "" if self.events is None else f" (batched record of {self.events} values)"
         return f"{self.topic} key={self.key!r}{batch}: {self.reason}"
 
 
@@ -325,7 +326,7 @@ class EventProducer:
     # -- completion -----------------------------------------------------------------------------------
     def flush(self, timeout: float = 30.0) -> None:
         """Send every partial batch, wait until every queued message is delivered; raise
-        :class:`KafkaError` for any failure (a failed batched record says how many events it carried).
+        :class:`KafkaError` for any failure (a failed batched record says how many values it carried).
 
         Failures are reported once: a second ``flush`` after a raised error starts clean.
         """
@@ -338,7 +339,7 @@ class EventProducer:
         problems: list[str] = []
         if failed:
             shown = "; ".join(str(f) for f in failures[:3])
-            carried = f", {lost} event(s) in batched records" if lost else ""
+            carried = f", {lost} value(s) in batched records" if lost else ""
             problems.append(f"{failed} message(s) failed delivery{carried} (first: {shown})")
         if remaining:
             problems.append(f"{remaining} message(s) still undelivered after {timeout:g}s "

@@ -234,8 +234,8 @@ def test_failed_batch_reports_its_events(mock_bootstrap: str) -> None:
     producer = EventProducer(settings, **{"message.timeout.ms": 300, "topic.metadata.propagation.max.ms": 10})
     for e in events(25, users=1, tag="f"):
         producer.send(e)
-    with pytest.raises(KafkaError, match=r"3 message\(s\) failed delivery, 25 event\(s\) in batched records.*"
-                                         r"batched record of 10 events"):
+    with pytest.raises(KafkaError, match=r"3 message\(s\) failed delivery, 25 value\(s\) in batched records.*"
+                                         r"batched record of 10 values"):
         producer.flush(10)
     assert producer.delivered == 0
     producer.flush(1)  # reported once
