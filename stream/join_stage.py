@@ -16,7 +16,7 @@ checkpoint is ahead of the clock skips the positions it already holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,6 +69,16 @@ class KafkaSampleSink:
 
 
 @dataclass
+class _InBatch:
+    """A partition of the batch between begin and finish: its join, what the batch made, how many of the
+    batch's samples are queued on the sink already."""
+
+    part: _Partition
+    out: JoinOutput
+    queued: int = 0
+
+
+@dataclass
 class _Partition:
     """One partition's join in memory, the position it holds, and the shard checkpoints ahead of it."""
 
@@ -99,7 +109,7 @@ class JoinStage:
         self._clock = clock
         self._ttl_ms = settings.kafka.retention_ms + settings.bloom.safety_ttl_days * MS_PER_DAY
         self._parts: dict[int, _Partition] = {}
-        self._batch: dict[int, tuple[_Partition, JoinOutput]] = {}  # the batch between begin and finish
+        self._batch: dict[int, _InBatch] = {}  # the batch between begin and finish
         self._batch_saves: list[tuple[int, int, Position, dict[str, UserJoin | None]]] = []
         self._delay = {kind: metrics.JOIN_EMIT_DELAY.labels(kind=kind) for kind in ("positive", "impression")}
         self._delay["canary"] = metrics.JOIN_EMIT_DELAY.labels(kind="canary")
@@ -109,30 +119,23 @@ class JoinStage:
     def begin(self, persisted: Mapping[int, Position]) -> None:
         """Start a batch over the partitions of ``persisted`` (their clock positions before it): memory
         that does not hold exactly that position is loaded from the checkpoint."""
-        self._batch = {p: (self._partition(p, pos), JoinOutput()) for p, pos in persisted.items()}
+        self._batch = {p: _InBatch(self._partition(p, pos), JoinOutput()) for p, pos in persisted.items()}
         self._batch_saves = []
 
     def add(self, firsts: Mapping[int, Sequence[tuple[Delivery, bool]]]) -> None:
         """Join the next first deliveries of the batch (``partition -> (delivery, log the click only)``, in
         partition order across calls)."""
-        new: list[Sample] = []
         for p, pairs in firsts.items():
-            part, out = self._batch[p]
-            before = len(out.samples)
-            part.join.add(self._arrivals(p, part, pairs), out)
-            new += out.samples[before:]
-        if new:  # queued now, while Redis applies the chunk; acknowledged in the commit step
-            self._sink.send(new)
+            b = self._batch[p]
+            b.part.join.add(self._arrivals(p, b.part, pairs), b.out)
+        self._queue_new(firsts)  # while Redis applies the chunk
 
     def close(self, clocks: Mapping[int, PartitionClock]) -> None:
         """Close the windows the batch's watermarks reached and plan the checkpoint (``clocks`` after the
         batch)."""
-        new: list[Sample] = []
         for p, clock in clocks.items():
-            part, out = self._batch[p]
-            before = len(out.samples)
+            part, out = self._batch[p].part, self._batch[p].out
             part.join.close(clock.watermark, out)
-            new += out.samples[before:]
             position = (clock.offset, clock.index)
             self._batch_saves += self._saves(p, part, position, out)
             if position != part.position:
@@ -140,17 +143,27 @@ class JoinStage:
             part.position = position
             if part.ahead and all(pos <= position for pos in part.ahead.values()):
                 part.ahead.clear()
-        if new:
-            self._sink.send(new)
+        self._queue_new(clocks)
 
     def finish(self) -> Callable[[], None]:
         """End the batch (its feature writes are done); returns the commit step, which waits for the
         acknowledgements of the samples :meth:`add` and :meth:`close` queued, then checkpoints."""
         saves = self._batch_saves
-        for _, out in self._batch.values():
-            self._observe(out)
+        for b in self._batch.values():
+            self._observe(b.out)
         self._batch, self._batch_saves = {}, []
         return lambda: self._commit(saves)
+
+    def _queue_new(self, partitions: Iterable[int]) -> None:
+        """Queue on the sink the samples these partitions made since their last queueing (one send; they
+        are acknowledged in the commit step)."""
+        new: list[Sample] = []
+        for p in partitions:
+            b = self._batch[p]
+            new += b.out.samples[b.queued:]
+            b.queued = len(b.out.samples)
+        if new:
+            self._sink.send(new)
 
     def abort(self) -> None:
         """The batch failed: the memory of its partitions may be half-changed; load the checkpoint next time."""
