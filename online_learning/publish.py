@@ -25,6 +25,7 @@ from filters.towers import TowerWeights, encode_weights
 from infra.errors import ModelError
 from infra.keys import MODEL_CURRENT, MODEL_VERSIONS, model_key, shard_of
 from infra.redis_client import write_packed
+from infra.resp import RowsHset
 
 __all__ = ["Family", "ModelPublisher", "Rows"]
 
@@ -43,7 +44,7 @@ class Family:
     shards: np.ndarray | None = None  # shard_of(ids[k], shard_count) when the caller knows it (no re-hashing)
     shard_count: int = 0
 
-    def hsets(self, shards: int, key_of: Callable[[int], str], chunk: int = _CHUNK) -> Iterator[list[Any]]:
+    def hsets(self, shards: int, key_of: Callable[[int], str], chunk: int = _CHUNK) -> Iterator[RowsHset]:
         """``HSET`` commands (at most ``chunk`` fields each) writing every row into its shard's hash:
         rows grouped by shard (with numpy, unless they come grouped, as the trainer's do), vectors as
         float32 bytes, ids as they are."""
@@ -60,13 +61,10 @@ class Family:
             ids = list(itemgetter(*order.tolist())(ids)) if n > 1 else list(ids)  # in C, not a comprehension
         bounds = np.searchsorted(shard, np.arange(shards + 1)).tolist()
         matrix = np.ascontiguousarray(matrix, dtype="<f4")
-        values = matrix.view(f"V{matrix.shape[1] * 4}").ravel().tolist()  # one bytes object per row
         for s in range(shards):
             for start in range(bounds[s], bounds[s + 1], chunk):
                 stop = min(start + chunk, bounds[s + 1])
-                args: list[Any] = [None] * (2 * (stop - start))
-                args[0::2], args[1::2] = ids[start:stop], values[start:stop]
-                yield ["HSET", key_of(s), *args]
+                yield RowsHset(key_of(s), ids[start:stop], matrix[start:stop])
 
 
 @dataclass
@@ -88,7 +86,7 @@ class ModelPublisher:
         self.store = store
         self.keep = keep_versions
 
-    def _hsets(self, rows: Rows, version: str) -> Iterator[list[Any]]:
+    def _hsets(self, rows: Rows, version: str) -> Iterator[RowsHset]:
         keys = self.store.keys
         yield from rows.users.hsets(keys.shards, lambda s: keys.embedding("user", s, version))
         yield from rows.items.hsets(keys.shards, lambda s: keys.embedding("item", s, version))

@@ -1,8 +1,10 @@
 """The publish's HSET commands: every row lands in its id's shard hash, as its float32 bytes, whether the
-rows come grouped by shard (the trainer's) or in any order."""
+rows come grouped by shard (the trainer's) or in any order (read back from the packed bytes, as Redis
+parses them)."""
 
 from __future__ import annotations
 
+import hiredis
 import numpy as np
 
 from infra.keys import shard_of
@@ -13,10 +15,13 @@ SHARDS = 8
 
 def _written(family: Family, chunk: int) -> dict[tuple[str, str], bytes]:
     out: dict[tuple[str, str], bytes] = {}
-    for command in family.hsets(SHARDS, lambda s: f"h{s}", chunk=chunk):
+    reader = hiredis.Reader(encoding="latin-1")  # every byte survives as one character
+    for rows in family.hsets(SHARDS, lambda s: f"h{s}", chunk=chunk):
+        reader.feed(rows.packed())
+        command = reader.gets()
         assert command[0] == "HSET" and len(command) % 2 == 0 and len(command) <= 2 + 2 * chunk
         for field, value in zip(command[2::2], command[3::2], strict=True):
-            out[(command[1], field)] = value
+            out[(command[1], field)] = value.encode("latin-1")
     return out
 
 
