@@ -143,7 +143,7 @@ class JoinConfig:
         return ts - self.windows_ms[action] + self.max_window_ms
 
 
-class Arrival(msgspec.Struct, frozen=True):
+class Arrival(msgspec.Struct, frozen=True, gc=False):
     """One first delivery as the join sees it: the event (category / author resolved) and the partition
     watermark in force just before it. ``log_only`` clicks only enter the click log (idempotent)."""
 
@@ -154,7 +154,7 @@ class Arrival(msgspec.Struct, frozen=True):
     log_only: bool = False  # a click to log for histories, not to join (a replay the dedup cannot place)
 
 
-class Sample(msgspec.Struct, frozen=True, kw_only=True):
+class Sample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One record of the samples topic (docs/samples.md); ``labels`` and ``position`` are null on
     positives (``position`` also when the impression carried none)."""
 
@@ -173,7 +173,7 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True):
     position: int | None = None
 
 
-class Pending(msgspec.Struct, array_like=True):
+class Pending(msgspec.Struct, array_like=True, gc=False):
     """An impression whose window is open: its fields, history, label bits, positive sent."""
 
     event_id: str
@@ -188,7 +188,7 @@ class Pending(msgspec.Struct, array_like=True):
     positive: bool = False
 
 
-class Waiting(msgspec.Struct, array_like=True):
+class Waiting(msgspec.Struct, array_like=True, gc=False):
     """An action delivered before any impression it matches."""
 
     event_id: str
@@ -198,7 +198,7 @@ class Waiting(msgspec.Struct, array_like=True):
     ts: int
 
 
-class UserJoin(msgspec.Struct, array_like=True):
+class UserJoin(msgspec.Struct, array_like=True, gc=False):
     """A user's join state: the click log ``(ts, event_id, item_id)`` ascending, open impressions by
     event id, waiting actions, the newest event ts (the checkpoint stores it as msgpack)."""
 

@@ -19,7 +19,7 @@ from filters.events import Event
 __all__ = ["Delivery"]
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class Delivery(msgspec.Struct, frozen=True, gc=False):
     """One delivery of one event from the user-keyed events topic.
 
     ``stats_late`` means the event is older than the partition watermark: it still enters the

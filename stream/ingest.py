@@ -289,9 +289,9 @@ class IngestStage:
         partition's positions in order; chunk k's entity pipeline follows its user pipeline (it needs its
         statuses). A crash between them is a replay: the user shards answer ``R`` and the entity guards
         apply what they had not seen. The join takes each chunk's first deliveries
-        (:meth:`~stream.writers.UserWriteResult.join_deliveries`) per partition in order, and closes its
-        windows at the batch's watermarks (``clocks``, final once the batch's events are observed) before
-        the last entity writes are awaited.
+        (:meth:`~stream.writers.UserWriteResult.join_deliveries`) per partition in order and closes the
+        windows the chunk's watermarks reached, then those of the batch's watermarks (``clocks``, final once
+        the batch's events are observed) before the last entity writes are awaited.
         """
         users, entities, io, attempt = self._users, self._entities, self._io, _Attempt()
         watermarks = {p: c.watermark for p, c in clocks.items()}
@@ -316,8 +316,8 @@ class IngestStage:
             entity_prepared = entities.prepare({p: [d for d, log_only in pairs if not log_only]
                                                 for p, pairs in chunk_joined.items()})
             entity_jobs.append((entity_prepared, io.submit(attempt.run, entities.send, entity_prepared)))
-            if join is not None:
-                join.add(chunk_joined)
+            if join is not None:  # closes what the chunk's watermarks reached (the last delivery's is one)
+                join.add(chunk_joined, {p: deliveries[-1].watermark for p, deliveries in chunk.items() if deliveries})
             while entity_jobs and entity_jobs[0][1].done():
                 self._finish_entities(*entity_jobs.pop(0))
         if join is not None:

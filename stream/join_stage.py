@@ -122,13 +122,18 @@ class JoinStage:
         self._batch = {p: _InBatch(self._partition(p, pos), JoinOutput()) for p, pos in persisted.items()}
         self._batch_saves = []
 
-    def add(self, firsts: Mapping[int, Sequence[tuple[Delivery, bool]]]) -> None:
+    def add(self, firsts: Mapping[int, Sequence[tuple[Delivery, bool]]], reached: Mapping[int, int]) -> None:
         """Join the next first deliveries of the batch (``partition -> (delivery, log the click only)``, in
-        partition order across calls)."""
+        partition order across calls), then close the windows the chunk's watermarks ``reached``
+        (``partition -> watermark``, at most the partition's after the chunk). Closing there is what a batch
+        boundary would do, so the samples are the same; the work moves off the batch's serial tail."""
         for p, pairs in firsts.items():
             b = self._batch[p]
             b.part.join.add(self._arrivals(p, b.part, pairs), b.out)
-        self._queue_new(firsts)  # while Redis applies the chunk
+        for p, watermark in reached.items():
+            b = self._batch[p]
+            b.part.join.close(watermark, b.out)
+        self._queue_new(firsts.keys() | reached.keys())  # while Redis applies the chunk
 
     def close(self, clocks: Mapping[int, PartitionClock]) -> None:
         """Close the windows the batch's watermarks reached and plan the checkpoint (``clocks`` after the
