@@ -276,13 +276,14 @@ def _one(variant: Variant, settings: Settings, topics: dict[str, str], events: S
 def run_rounds(
     settings: Settings, events: Sequence[Event], rounds: int, only: set[str]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every selected variant once per round, round-robin; each round writes fresh topics."""
+    """Every selected variant once per round, round-robin, in reverse order every other round (so that no
+    variant always runs first after the topics are filled); each round writes fresh topics."""
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in VARIANTS if v.name in only}
     create_topics(settings, [WARMUP_TOPIC])
     for r in range(rounds):
         topics = {fmt: f"bench-{fmt}-r{r}" for fmt in ("single", "batched")}
         create_topics(settings, list(topics.values()))
-        selected = [v for v in VARIANTS if v.name in only]
+        selected = [v for v in VARIANTS if v.name in only][:: -1 if r % 2 else 1]
         for fmt, producer in (("single", "produce-single"), ("batched", "produce-batched")):
             if producer not in only:  # the consumers still need the data: fill the topic, untimed
                 bench_producer(settings, topics[fmt], events, batched=fmt == "batched")
