@@ -144,7 +144,7 @@ def publish_time(settings: Settings, client: redis.Redis, rows: int, rounds: int
     hands them over (``Learner.row_shard``, filled at admission; ``Learner.touched_rows``), so no id is
     hashed and no row is moved while publishing."""
     from filters.model_store import ModelStore
-    from infra.keys import shard_of
+    from infra.keys import KeyLayout
     from online_learning.versions import ensure_version
 
     store = ModelStore(client, settings.redis.shards)
@@ -153,7 +153,7 @@ def publish_time(settings: Settings, client: redis.Redis, rows: int, rounds: int
     rng = np.random.default_rng(0)
 
     def family(prefix: str, n: int) -> Family:
-        shard = np.fromiter((shard_of(f"{prefix}{k}", shards) for k in range(n)), np.int64, n)
+        shard = np.array(KeyLayout(shards).shard_list([f"{prefix}{k}" for k in range(n)]), np.int64)
         order = np.argsort(shard, kind="stable")
         return Family([f"{prefix}{k}" for k in order.tolist()], rng.standard_normal((n, dim), np.float32),
                       shard[order], shards)

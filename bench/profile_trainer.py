@@ -26,19 +26,16 @@ import redis
 from bench.common import free_port, private_services, with_sections
 from bench.learning_bench import _produce as produce_samples
 from bench.learning_bench import synthetic_positives
+from bench.profile_report import Target, read_stacks, summarise, write
 from bench.profile_worker import (
     HERE,
     Probes,
-    Target,
     add_window_arguments,
     events_before_offset,
     log,
     measure,
     per_event,
-    read_stacks,
-    summarise,
     wait_warm,
-    write,
 )
 from infra import kafka_broker
 from infra.topics import ensure_topics

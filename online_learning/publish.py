@@ -23,7 +23,7 @@ from filters.manifest import Manifest, encode_manifest
 from filters.model_store import ModelStore, pack_vector
 from filters.towers import TowerWeights, encode_weights
 from infra.errors import ModelError
-from infra.keys import MODEL_CURRENT, MODEL_VERSIONS, model_key, shard_of
+from infra.keys import MODEL_CURRENT, MODEL_VERSIONS, KeyLayout, model_key
 from infra.redis_client import write_packed
 from infra.resp import RowsHset
 
@@ -52,8 +52,8 @@ class Family:
         if not n:
             return
         known = self.shards is not None and self.shard_count == shards
-        shard = self.shards if known and self.shards is not None else np.fromiter(
-            (shard_of(i, shards) for i in self.ids), np.int64, n)
+        shard = self.shards if known and self.shards is not None else np.array(
+            KeyLayout(shards).shard_list(list(self.ids)), np.int64)
         matrix, ids = self.matrix, self.ids
         if np.any(shard[1:] < shard[:-1]):  # not grouped yet: one gather (the trainer's rows come grouped)
             order = np.argsort(shard, kind="stable")
