@@ -210,8 +210,8 @@ def _table(res: dict[str, Any]) -> list[list[str]]:
             [f"publish {p['rows']:,} touched rows ({p.get('user_rows', 0):,} user + "
              f"{p.get('item_rows', 0):,} item rows + the items' vectors; median of {len(p['seconds'])})",
              f"{p['median_s'] * 1000:,.0f} ms ({p['seconds'][0] * 1000:,.0f}–{p['seconds'][-1] * 1000:,.0f}; "
-             f"{p.get('aof_rewrites', '?')} AOF rewrite(s) meanwhile; goal ≤ 100 ms for 100k rows: "
-             f"{'met' if p['median_s'] <= 0.1 else 'missed'})"],
+             f"{p.get('aof_rewrites', '?')} AOF rewrite(s) meanwhile; goal ≤ 100 ms for 100k rows"
+             + (f": {'met' if p['median_s'] <= 0.1 else 'missed'})" if p["rows"] == 100_000 else ")")],
             ["user_vector p50 / p99", _ms(r["user_vector"])],
             ["score 100 items p50 / p99", _ms(r["score_100"])]]
     if "click" in res:
