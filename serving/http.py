@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import redis
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, ORJSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from filters.events import EVENT_TYPES
@@ -57,12 +58,24 @@ def _entries(entries: list[Any]) -> list[dict[str, Any]]:
     return [{"item_id": e.item_id, "ts": e.ts, "category": e.category, "author_id": e.author_id} for e in entries]
 
 
+class NumpyJSONResponse(JSONResponse):
+    """JSON by orjson, numpy arrays included: orjson writes an array's floats itself, the same text as
+    ``tolist()`` would give, in 1.2 ms instead of ~15 ms for a 1,000 × 4 × 17 statistics matrix.
+
+    >>> NumpyJSONResponse({"values": np.array([[0.5, 2.0]]), "n": 1}).body
+    b'{"values":[[0.5,2.0]],"n":1}'
+    """
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def _stats(matrix: Any) -> dict[str, Any] | None:
     """A statistics matrix as ``{"windows", "names", "values"}``: ``values[i][w][k]`` is entity ``i``'s
-    ``names[k]`` in ``windows[w]`` (nested lists: 1,000 candidates encode in ~2 ms, dicts in ~40)."""
+    ``names[k]`` in ``windows[w]`` (the numpy array itself, for :class:`NumpyJSONResponse`)."""
     if matrix is None:
         return None
-    return {"windows": list(matrix.windows), "names": list(matrix.names), "values": matrix.values.tolist()}
+    return {"windows": list(matrix.windows), "names": list(matrix.names), "values": matrix.values}
 
 
 def _list(x: np.ndarray | None) -> list[Any] | None:
@@ -175,15 +188,15 @@ def create_app(settings: Settings, client_factory: Callable[[], FeatureClient] |
                 "user_vector": uv.vector.tolist(), "published_ms": uv.published_ms}
 
     @app.post("/v1/features", dependencies=guarded)
-    def features(body: FeaturesBody) -> ORJSONResponse:
+    def features(body: FeaturesBody) -> NumpyJSONResponse:
         ids = limit_items(body.candidate_ids)
         spec = body.spec
         if any(n < 0 or n > cfg.max_n for n in spec.last_n.values()):
             raise HTTPException(400, f"last_n sizes must be within 0..serving.max_n = {cfg.max_n}")
         fs = FeatureSpec(spec.unseen, dict(spec.last_n), tuple(spec.windows) if spec.windows else None,
                          spec.user_stats, spec.candidate_stats, spec.user_vector, spec.scores, spec.metadata)
-        # an ORJSONResponse skips FastAPI's jsonable_encoder walk over ~70k values (~50 ms per request)
-        return ORJSONResponse(features_json(call(lambda: client().request_features(body.user_id, ids, fs))))
+        # a response object skips FastAPI's jsonable_encoder walk over ~70k values (~50 ms per request)
+        return NumpyJSONResponse(features_json(call(lambda: client().request_features(body.user_id, ids, fs))))
 
     @app.get("/v1/users/{user_id}/recommendations", dependencies=guarded)
     def recommendations(user_id: str, k: int = Query(20, ge=1, le=cfg.max_n)) -> dict[str, Any]:
