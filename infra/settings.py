@@ -139,7 +139,7 @@ class WorkerSettings(_Section):
 
     app_id: str = "recstream"
     batch_size: int = Field(500, ge=1, le=100_000)
-    batch_within_s: float = Field(0.2, gt=0, le=60)
+    batch_within_s: float = Field(0.05, gt=0, le=60)
     write_chunk_events: int = Field(
         20_000, ge=1, le=1_000_000,
         description="events per Redis write pipeline: a batch is written in chunks, and Python prepares "
