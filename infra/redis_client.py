@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import hiredis
 import redis
+import redis.asyncio as aioredis
 from redis.cluster import RedisCluster
 
 from infra.errors import ConfigError, InfraError
@@ -103,7 +104,8 @@ def mget(client: redis.Redis, keys: Sequence[str]) -> list[Any]:
 _SEND_BYTES = 1 << 20  # write_packed sends what it has packed once this much is waiting
 
 
-Command = Sequence[bytes | str | int | float] | RowsHset
+Args = Sequence[bytes | str | int | float]
+Command = Args | RowsHset
 
 
 def write_packed(client: redis.Redis, commands: Iterable[Command]) -> list[Any]:
@@ -141,3 +143,19 @@ def write_packed(client: redis.Redis, commands: Iterable[Command]) -> list[Any]:
         raise
     finally:
         pool.release(conn)
+
+
+async def write_packed_async(client: aioredis.Redis, commands: Sequence[Args]) -> list[Any]:
+    """:func:`write_packed` for ``redis.asyncio`` (single node): the round packed by hiredis in C and sent
+    at once, instead of ~30 µs of redis-py pipeline Python per command. An error reply raises after the
+    connection is dropped, as does a cancelled read, so no reply is left unread on a pooled connection."""
+    pool = client.connection_pool
+    conn: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command([b"".join(hiredis.pack_command(tuple(c)) for c in commands)])  # type: ignore[arg-type]
+        return [await conn.read_response() for _ in commands]
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from filters.model_store import unpack_vector
 from filters.sequences import decode_member
@@ -29,13 +30,13 @@ from infra import metrics
 from infra.clock import Clock, now_ms
 from infra.errors import ConfigError
 from infra.keys import LAYOUT_KEY, MODEL_CURRENT
-from infra.redis_client import unreachable
+from infra.redis_client import unreachable, write_packed_async
 from infra.settings import Settings, load_settings
 from serving.exposure import ExposureReader
 from serving.gather import Op
 from serving.model import ModelReader, VersionParts
 from serving.recommend import Recommendation, Recommender, best_unseen, search_steps
-from serving.request import FeatureRequest, Features, FeatureSpec, failed_ops
+from serving.request import FeatureRequest, Features, FeatureSpec, raw_command, raw_reply
 from serving.sequences import CATEGORY_SCAN_LUA, Entry, SequenceReader, entries_of
 from serving.stats import EntityId, StatsMatrix, StatsReader
 
@@ -84,16 +85,15 @@ class AsyncFeatureClient:
         return client
 
     async def _execute(self, ops: Sequence[Op]) -> list[Any]:
-        replies: list[Any] = []
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for op in ops:
-                getattr(pipe, op.method)(*op.args, **op.kwargs)
-            replies = await pipe.execute(raise_on_error=False)
-            if not failed_ops(replies) or attempt:
-                return replies
+        """One round trip packed in C (:func:`infra.redis_client.write_packed_async`); NOSCRIPT loads the
+        exposure script and runs the round again."""
+        commands = [raw_command(op) for op in ops]
+        try:
+            replies = await write_packed_async(self.redis, commands)
+        except NoScriptError:
             await self.redis.script_load(self._exposure.script.source)
-        return replies
+            replies = await write_packed_async(self.redis, commands)
+        return [raw_reply(op, r) for op, r in zip(ops, replies, strict=True)]
 
     async def request_features(self, user_id: str, candidate_ids: Sequence[str], spec: FeatureSpec | None = None,
                                at: int | None = None) -> Features:

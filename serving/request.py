@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from redis.exceptions import NoScriptError
 
 from filters.bloom import item_hashes
 from filters.events import check_user
@@ -39,7 +38,7 @@ from serving.model import ModelReader
 from serving.sequences import Entry, SequenceReader, entries_of
 from serving.stats import StatsMatrix, StatsReader
 
-__all__ = ["FeatureRequest", "FeatureSpec", "Features", "Op", "failed_ops", "raw_command", "raw_reply"]
+__all__ = ["FeatureRequest", "FeatureSpec", "Features", "Op", "raw_command", "raw_reply"]
 
 
 @dataclass(frozen=True)
@@ -206,17 +205,6 @@ class FeatureRequest:
                 items = np.frombuffer(b"".join(item_raws[k] for k in known), "<f4").reshape(len(known), -1)
                 scores[known] = (items @ vec) / np.float32(v.weights.temperature)
         return (vec if self.spec.user_vector else None), scores, published
-
-
-def failed_ops(replies: Sequence[Any]) -> list[int]:
-    """Indexes of ops answered NOSCRIPT (load the script, run them again); any other error reply is raised."""
-    missing = []
-    for k, reply in enumerate(replies):
-        if isinstance(reply, NoScriptError):
-            missing.append(k)
-        elif isinstance(reply, Exception):
-            raise reply
-    return missing
 
 
 def raw_command(op: Op) -> tuple[Any, ...]:

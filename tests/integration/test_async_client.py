@@ -66,3 +66,28 @@ def test_unreachable_redis_is_one_error_for_both_clients(redis_service: ServiceP
     assert "\n" not in str(err.value) and "secret" not in str(err.value)
     with pytest.raises(InfraError, match=r"cannot reach Redis at redis://:\*\*\*@127\.0\.0\.1"):
         FeatureClient(url, settings=redis_service.settings)
+
+
+def test_async_round_survives_a_script_flush(redis_service: ServicePair, redis_client: redis.Redis,
+                                             tmp_path: Path) -> None:
+    """NOSCRIPT mid-round: the script is loaded and the round runs again; the dropped connection leaves
+    no unread reply behind, so the next request on the pool answers its own commands."""
+    settings = populate(redis_service.settings, redis_client, tmp_path)
+    sync = FeatureClient(settings=settings)
+    candidates = [f"i{k}" for k in range(ITEMS)]
+
+    async def run() -> None:
+        client = await AsyncFeatureClient.connect(settings=settings, max_connections=1)
+        try:
+            for user in ("u1", "u2", "u3"):
+                redis_client.script_flush()
+                f = await client.request_features(user, candidates, at=1)
+                g = sync.request_features(user, candidates, at=1)
+                np.testing.assert_array_equal(f.unseen, g.unseen)
+                np.testing.assert_array_equal(f.candidate_stats.values, g.candidate_stats.values)
+                assert f.last_n == g.last_n
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+    sync.close()
