@@ -260,6 +260,9 @@ VARIANTS: list[Variant] = [
             lambda s, t, ev: bench_worker(with_sections(s, join={"enabled": False}), t["batched"], len(ev), 1)),
     Variant("worker-1p-gc-default", "full worker, 1 process, batched topic, CPython's default GC thresholds",
             lambda s, t, ev: bench_worker(with_sections(s, worker={"gc_young": 0}), t["batched"], len(ev), 1)),
+    Variant("worker-1p-within-0.2", "full worker, 1 process, batched topic, worker.batch_within_s 0.2 (the default "
+            "before 2026-12-03)",
+            lambda s, t, ev: bench_worker(with_sections(s, worker={"batch_within_s": 0.2}), t["batched"], len(ev), 1)),
     Variant("worker-2p", "full worker, 2 processes, batched topic",
             lambda s, t, ev: bench_worker(s, t["batched"], len(ev), 2)),
 ]

@@ -33,6 +33,7 @@ def ratios(summary: dict[str, Any]) -> dict[str, float | None]:
         ("worker_2p_over_worker_1p", "worker-2p", "worker-1p"),
         ("worker_join_on_over_off", "worker-1p", "worker-1p-nojoin"),
         ("worker_gc_tuned_over_default", "worker-1p", "worker-1p-gc-default"),
+        ("worker_within_005_over_02", "worker-1p", "worker-1p-within-0.2"),
         ("produce_batched_over_single", "produce-batched", "produce-single"),
     ]
     return {key: _ratio(summary, a, b) for key, a, b in pairs}
