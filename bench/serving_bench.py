@@ -205,6 +205,10 @@ def _table(res: dict[str, Any]) -> list[list[str]]:
         rows.append([f"top-100 over {r['items']:,} vectors: usearch HNSW p50 / p99, recall@100, build",
                      f"{u['search']['p50_us'] / 1000:.2f} / {u['search']['p99_us'] / 1000:.2f} ms, "
                      f"{u['recall_at_100']:.3f}, {u['build_s']:.1f} s"])
+    when = res.get("part_when", {})
+    kept = [f"{part}: {w}" for part, w in sorted(when.items()) if w != max(when.values())]
+    if kept:
+        rows.append(["parts kept from an earlier run (its date)", "; ".join(kept)])
     return rows
 
 
@@ -223,7 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     if parts != {"requests", "ann"} and previous.exists():
         import json
 
-        res = {k: v for k, v in json.loads(previous.read_text()).items() if k in ("sync", "async", "http", "ann")}
+        old = json.loads(previous.read_text())
+        res = {k: v for k, v in old.items() if k in ("sync", "async", "http", "ann")}
+        # a kept part keeps the date of the run that measured it
+        res["part_when"] = {p: old.get("part_when", {}).get(p, old["when"]) for p in ("requests", "ann")}
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    res["part_when"] = res.get("part_when", {}) | {p: now for p in parts}
     if "requests" in parts:
         with private_redis(join={"enabled": False}) as (client, settings):
             _fill(settings, client)
