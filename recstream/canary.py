@@ -41,10 +41,11 @@ from serving.client import FeatureClient
 from stream.batching import KeyPartitioner
 from stream.producer import EventProducer
 
-__all__ = ["FAMILIES", "Canary", "canary_users"]
+__all__ = ["FAMILIES", "Canary", "RoundResult", "canary_users"]
 
 FAMILIES = CANARY_FAMILIES
 _ITEM = f"{CANARY_PREFIX}.item"
+_LOOKAHEAD = 256  # pool items checked (one ``seen`` call) for the next unseen one
 
 
 def canary_users(partitions: int, tag: str = "") -> dict[int, str]:
@@ -76,6 +77,16 @@ class Sent:
     ts: int  # ms, event time = produce time
     at: float  # s, the canary's clock when produced
     impression: tuple[str, str] | None = None  # (user, item)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one round measured: per family, the delays (s) of the probes that became readable and the
+    number that did not within the timeout. A family can have fewer probes than partitions (no exposure
+    probe where every pool item checked already reads as seen), and that is no miss."""
+
+    delays: dict[str, list[float]]
+    missed: dict[str, int]
 
 
 class SampleWatch:
@@ -137,16 +148,19 @@ class Canary:
         if self._epoch[0] != epoch:
             self._epoch = (epoch, canary_users(self.settings.kafka.partitions, tag=f"x{epoch}."))
             self._next_item.clear()
-        user = self._epoch[1][partition]
-        for _ in range(5):
-            k = self._next_item.get(partition, 0)
-            self._next_item[partition] = k + 1
-            item = f"{CANARY_PREFIX}.i{k % self.settings.bloom.slice_capacity}"
-            if not self.client.seen(user, [item])[0]:
-                return user, item
+        user, pool = self._epoch[1][partition], self.settings.bloom.slice_capacity
+        start = self._next_item.get(partition, 0)
+        # one read for the next items of the pool: a canary restarted within the epoch skips at once every
+        # item its predecessor impressed
+        items = [f"{CANARY_PREFIX}.i{(start + k) % pool}" for k in range(min(_LOOKAHEAD, pool))]
+        for k, seen in enumerate(self.client.seen(user, items)):
+            if not seen:
+                self._next_item[partition] = start + k + 1
+                return user, items[k]
+        self._next_item[partition] = start + len(items)
         return None
 
-    def round(self, producer: EventProducer) -> dict[str, list[float]]:
+    def round(self, producer: EventProducer) -> RoundResult:
         """Produce one canary click (and impression) per partition; wait until each family reads it."""
         families = self._active()
         before = {user: self._clicks_1h(user) for user in self.users.values()} if "stats" in families else {}
@@ -180,7 +194,7 @@ class Canary:
         current = self._store.current()
         return current is not None and self._store.manifest(current).through_ms.get(s.partition, 0) >= s.ts
 
-    def _wait(self, sent: list[Sent], families: list[str], before: dict[str, float]) -> dict[str, list[float]]:
+    def _wait(self, sent: list[Sent], families: list[str], before: dict[str, float]) -> RoundResult:
         pending = {(k, f) for k in range(len(sent)) for f in families
                    if f != "exposure" or sent[k].impression is not None}
         delays: dict[str, list[float]] = {f: [] for f in families}
@@ -196,6 +210,8 @@ class Canary:
                     metrics.CANARY_FRESHNESS.labels(family=family).observe(delay)
                     pending.discard((k, family))
             time.sleep(0.02)
+        missed = dict.fromkeys(families, 0)
         for _k, family in pending:
             metrics.CANARY_MISSES.labels(family=family).inc()
-        return delays
+            missed[family] += 1
+        return RoundResult(delays, missed)

@@ -94,6 +94,18 @@ def demo(ctx: click.Context, users: int, items: int, days: int, events: int, rat
              live_s=live_s)
 
 
+def _round_cell(family: str, delays: list[float], missed: int) -> str:
+    """One family's part of a canary round's line.
+
+    >>> _round_cell("stats", [0.3, 0.1, 0.2], 0), _round_cell("exposure", [], 0), _round_cell("last_n", [0.1], 7)
+    ('stats p50 0.20 s', 'exposure no probe', 'last_n p50 0.10 s (7 missed)')
+    """
+    if not delays:
+        return f"{family} missed {missed}" if missed else f"{family} no probe"
+    cell = f"{family} p50 {sorted(delays)[len(delays) // 2]:.2f} s"
+    return f"{cell} ({missed} missed)" if missed else cell
+
+
 @main.command()
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
 @click.option("--rounds", type=int, default=None, help="Stop after this many rounds (default: run until Ctrl-C).")
@@ -133,13 +145,12 @@ def canary(ctx: click.Context, interval: float, rounds: int | None, metrics_port
     try:
         with EventProducer(settings) as producer:
             for k in itertools.count(1):
-                delays = probe.round(producer)
+                got = probe.round(producer)
                 if log_json is not None:
                     with log_json.open("a") as out:
-                        out.write(json.dumps({"round": k, "wall_ms": int(time.time() * 1000), "delays_s": delays,
-                                              "partitions": settings.kafka.partitions}) + "\n")
-                line = ", ".join(f"{f} p50 {sorted(d)[len(d) // 2]:.2f} s" if d else f"{f} missed"
-                                 for f, d in delays.items())
+                        out.write(json.dumps({"round": k, "wall_ms": int(time.time() * 1000), "delays_s": got.delays,
+                                              "missed": got.missed, "partitions": settings.kafka.partitions}) + "\n")
+                line = ", ".join(_round_cell(f, d, got.missed[f]) for f, d in got.delays.items())
                 click.echo(f"round {k}: {line}")
                 if rounds is not None and k >= rounds:
                     return

@@ -82,14 +82,15 @@ class FamilyFreshness:
 
 def family_delays(rounds: Iterable[dict[str, object]]) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Per family (in :data:`CANARY_FAMILIES` order): every delay (s) of the canary's ``--log-json`` lines,
-    and the misses (a partition's probe that never became readable)."""
+    and the misses (probes sent but not readable within the canary's timeout; a round may send fewer probes
+    than partitions, which is no miss)."""
     delays: dict[str, list[float]] = {}
     misses: dict[str, int] = {}
     for line in rounds:
-        partitions = int(line["partitions"])  # type: ignore[call-overload]
+        missed: dict[str, int] = line["missed"]  # type: ignore[assignment]
         for family, got in line["delays_s"].items():  # type: ignore[attr-defined]
             delays.setdefault(family, []).extend(got)
-            misses[family] = misses.get(family, 0) + max(0, partitions - len(got))
+            misses[family] = misses.get(family, 0) + missed[family]
     order = sorted(delays, key=CANARY_FAMILIES.index)
     return {f: delays[f] for f in order}, misses
 
@@ -97,10 +98,10 @@ def family_delays(rounds: Iterable[dict[str, object]]) -> tuple[dict[str, list[f
 def freshness_table(rounds: Iterable[dict[str, object]]) -> dict[str, FamilyFreshness]:
     """Per family: probes, misses and p50/p99 delays, from the canary's ``--log-json`` lines.
 
-    >>> t = freshness_table([{"partitions": 2, "delays_s": {"stats": [0.1, 0.3]}},
-    ...                      {"partitions": 2, "delays_s": {"stats": [0.2]}}])
-    >>> t["stats"].probes, t["stats"].misses, round(t["stats"].p50_s, 3)
-    (3, 1, 0.2)
+    >>> t = freshness_table([{"delays_s": {"stats": [0.1, 0.3], "exposure": []}, "missed": {"stats": 0, "exposure": 0}},
+    ...                      {"delays_s": {"stats": [0.2], "exposure": [0.4]}, "missed": {"stats": 1, "exposure": 0}}])
+    >>> t["stats"].probes, t["stats"].misses, round(t["stats"].p50_s, 3), t["exposure"].probes, t["exposure"].misses
+    (3, 1, 0.2, 1, 0)
     """
     delays, misses = family_delays(rounds)
     return {f: FamilyFreshness(len(d), misses[f], *(float(np.percentile(d, q)) if d else float("nan")

@@ -61,10 +61,11 @@ def test_every_family_reports_freshness_and_the_heartbeat_closes_quiet_windows(
             finally:
                 probe.close()
             LagProbe(settings).wait_until_caught_up(60)
-    for delays in rounds:
-        assert sorted(delays) == sorted(CANARY_FAMILIES)
-        for family, got in delays.items():
-            assert len(got) == settings.kafka.partitions, (family, delays)
+    for result in rounds:
+        assert sorted(result.delays) == sorted(CANARY_FAMILIES)
+        assert result.missed == dict.fromkeys(result.delays, 0)
+        for family, got in result.delays.items():
+            assert len(got) == settings.kafka.partitions, (family, result)
             assert all(0 < d < 30 for d in got)
     samples = _samples(settings)
     assert {s.kind for s in samples if s.user_id.startswith("__canary__")} == {"canary"}
