@@ -18,7 +18,7 @@ import redis
 
 from filters.events import EVENT_TYPES, Event
 from filters.sequences import Entry, last_n, merge, sequence_capacities
-from filters.tiles import TileLayout, apply_events, empty_words, encode_words
+from filters.tiles import U32_MAX, TileLayout, apply_events, empty_words, encode_words
 from infra.keys import ENTITY_KINDS, KeyLayout
 from infra.settings import Settings
 from serving.sequences import SequenceReader
@@ -319,6 +319,28 @@ def test_lua_tiles_match_the_pure_model(r: redis.Redis, settings: Settings) -> N
         ents.write({rng.randrange(3): batch}, kinds=("item",))
         apply_events(words, layout, [(d.event.ts, TYPE[d.event.type]) for d in batch if not d.stats_late])
         assert r.get(keys.stats("item", "it")) == encode_words(words)
+
+
+def test_saturated_counters_stay_exact_when_a_slot_holds_the_tile_or_a_newer_one(r: redis.Redis,
+                                                                              settings: Settings) -> None:
+    """The script adds a cell's counts on the guess that its slot holds the cell's tile; a slot on a newer
+    tile (the event is beyond the ring) gets back the values read, a saturated counter's too."""
+    layout = TileLayout.from_settings(settings.stats)
+    key = KeyLayout(settings.redis.shards).stats("item", "it")
+    ents = EntityBatchWriter(r, settings)
+    words = empty_words(layout)
+    apply_events(words, layout, [(T0, TYPE["click"])])
+    ring = layout.rings[0]
+    slot = ring.slot_word(T0 // ring.tile_ms)
+    words[slot + 1 + TYPE["click"]] = U32_MAX - 1
+    r.set(key, encode_words(words))
+    older = T0 - ring.slots * ring.tile_ms  # the same slot of the finest ring, a tile the ring no longer holds
+    for offset, ts in enumerate([older, T0 + 1, T0 + 2, older + 1]):
+        ev = Event(event_id=f"s{offset}", type="click", user_id="u", item_id="it", ts=ts)
+        ents.write({0: [Delivery(offset, ev)]}, kinds=("item",))
+        apply_events(words, layout, [(ts, TYPE["click"])])
+        assert r.get(key) == encode_words(words), ts
+    assert words[slot + 1 + TYPE["click"]] == U32_MAX
 
 
 def test_foreign_blob_is_reset_and_noscript_is_recovered(r: redis.Redis, settings: Settings) -> None:
