@@ -61,9 +61,12 @@ def _notes(runs: list[dict[str, Any]]) -> str:
         parts.append(f"{last['invalid']:,} invalid")
     if "dead_letters" in last:
         since = last.get("eps_from_assignment")
-        parts.append(f"timed from the {last['start_signal']}, {last['elapsed_s']:.1f} s")
+        parts.append(f"timed from the {last['start_signal']} until Redis applied every record, "
+                     f"{last['elapsed_s']:.1f} s")
         if since:
             parts.append(f"{since:,.0f} events/s from the group's assignment")
+        if last.get("eps_committed"):
+            parts.append(f"{last['eps_committed']:,.0f} events/s until the offsets were committed")
         parts.append(f"{last['dead_letters']:,} dead letters, {last['redis_keys']:,} Redis keys")
     parts += [f"⚠ {r['warning']}" for r in runs if "warning" in r]
     parts += [f"**error**: {r['error']}" for r in runs if "error" in r]
