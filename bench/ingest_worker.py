@@ -27,10 +27,10 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 from tqdm import tqdm
 
 from bench.common import BAR, records_in, with_sections
-from infra.keys import watermark
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
 from stream.lag import LagProbe, caught_up
+from stream.watermarks import WatermarkStore
 from stream.worker_process import WorkerProcess
 
 
@@ -94,15 +94,14 @@ def _wait_start(
 def _wait_applied(settings: Settings, client: redis.Redis, ends: dict[int, int], workers: Sequence[WorkerProcess],
                   timeout_s: float) -> float:
     """Perf-counter time at which Redis holds every source record as applied: each partition's saved clock
-    (``next``, written after the batch's feature writes) at the topic's end. Polled every 5 ms, so unlike
-    the committed offsets (Faust commits every second) it marks when the last features became readable."""
-    keys = {p: watermark(settings.worker.app_id, settings.kafka.events_topic, p) for p in ends}
+    (:class:`~stream.watermarks.WatermarkStore`, written after the batch's feature writes) has its
+    ``next_offset`` at the topic's end. Polled every 5 ms, so unlike the committed offsets (Faust commits
+    every second) it marks when the last features became readable."""
+    store = WatermarkStore(client, settings.worker.app_id, settings.kafka.events_topic,
+                           settings.stats.allowed_lateness_ms)
     deadline, next_check = time.monotonic() + timeout_s, 0.0
     while time.monotonic() < deadline:
-        pipe = client.pipeline(transaction=False)
-        for key in keys.values():
-            pipe.hget(key, "next")
-        if all(int(raw or 0) >= ends[p] for p, raw in zip(keys, pipe.execute(), strict=True)):
+        if all(c.next_offset >= ends[p] for p, c in store.load(ends).items()):
             return time.perf_counter()
         if time.monotonic() > next_check:
             _check_alive(workers)
