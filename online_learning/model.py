@@ -200,8 +200,9 @@ def in_batch_logits(u: Tensor, v: Tensor, item_keys: Tensor, log_q: Tensor, temp
 
 class RowAdagrad:
     """Adagrad for sparse row gradients, the same update as ``torch.optim.Adagrad`` (lr, no decay, initial
-    accumulator 0, eps 1e-10), one compiled pass per table (:func:`online_learning.adagrad_rows.adagrad_rows`)
-    instead of torch's coalesce and index operations. Only the rows a step used change.
+    accumulator 0, eps 1e-10): per table, a compiled pass sums each row's repeated gradients and torch's ops
+    update the distinct rows (:func:`online_learning.adagrad_rows.adagrad_rows`), instead of torch's coalesce
+    and index operations over the whole table. Only the rows a step used change.
 
     ``state[param]["sum"]`` is the accumulator (dense, the table's shape), so a caller can reset rows.
     """
