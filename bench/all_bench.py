@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.all_plots import plot_freshness, plot_reads, plot_throughput
 from bench.common import machine
+from infra.settings import Settings
 
 __all__ = ["STEPS", "Step", "headline", "main"]
 
@@ -127,14 +128,20 @@ def headline(results: dict[str, dict[str, Any]]) -> list[Goal]:
     """The issue's goals with this run's figures: (goal, value, unit, met?)."""
     ingest, fresh = results.get("ingest", {}).get("data"), results.get("freshness", {}).get("data")
     learning = results.get("learning", {}).get("data")
-    at5k = _freshness_at(_get(fresh, "rows") or [], 5000)
-    worst = max((f["p99_ms"] for f in (at5k or {}).get("families", {}).values() if f["probes"]), default=None)
+    families = (_freshness_at(_get(fresh, "rows") or [], 5000) or {}).get("families", {})
+    # the features within half a second; the embeddings on their own clock (issue 11: publish period + 2 s)
+    worst = max((f["p99_ms"] for name, f in families.items() if name != "embeddings" and f["probes"]), default=None)
+    embeddings = families.get("embeddings", {}).get("p99_ms") if families.get("embeddings", {}).get("probes") else None
+    period_ms = Settings().learning.publish_every_s * 1000
     return [
         ("≥ 20,000 events/s end to end, every family on, 1 worker", _get(ingest, "variants", "worker-1p", "median_eps"),
          "events/s", lambda v: v >= 20_000),
         ("(2 workers, same machine)", _get(ingest, "variants", "worker-2p", "median_eps"), "events/s",
          lambda v: v >= 20_000),
-        ("freshness p99 ≤ 500 ms at 5,000 events/s (worst family)", worst, "ms", lambda v: v <= 500),
+        ("freshness p99 ≤ 500 ms at 5,000 events/s (worst of exposure, last_n, stats, samples)", worst, "ms",
+         lambda v: v <= 500),
+        (f"embeddings p99 ≤ publish period + 2 s = {period_ms + 2000:,.0f} ms at 5,000 events/s", embeddings, "ms",
+         lambda v: v <= period_ms + 2000),
         ("trainer ≥ 100,000 samples/s (from Kafka, all steps)",
          _get(learning, "throughput", "trainer", "samples_per_s"), "samples/s", lambda v: v >= 100_000),
     ]
