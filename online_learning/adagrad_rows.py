@@ -54,7 +54,7 @@ def _sum_repeats(rows: npt.NDArray[np.int64], grads: npt.NDArray[np.float32],  #
     to float32 rounding (a last-bit difference), not bit for bit."""
     n, d = grads.shape
     distinct = np.empty(n, np.int64)
-    total = np.empty((n, d), np.float32)
+    summed = np.empty((n, d), np.float32)
     m = 0
     for k in range(n):
         r = rows[k]
@@ -64,13 +64,13 @@ def _sum_repeats(rows: npt.NDArray[np.int64], grads: npt.NDArray[np.float32],  #
             slots[r], distinct[m] = s, r
             m += 1
             for j in range(d):
-                total[s, j] = grads[k, j]
+                summed[s, j] = grads[k, j]
         else:
             for j in range(d):
-                total[s, j] += grads[k, j]
+                summed[s, j] += grads[k, j]
     for s in range(m):
         slots[distinct[s]] = -1
-    return distinct[:m], total[:m]
+    return distinct[:m], summed[:m]
 
 
 @njit(cache=True, nogil=True)
