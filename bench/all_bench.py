@@ -131,7 +131,8 @@ def headline(results: dict[str, dict[str, Any]]) -> list[Goal]:
     families = (_freshness_at(_get(fresh, "rows") or [], 5000) or {}).get("families", {})
     # the features within half a second; the embeddings on their own clock (issue 11: publish period + 2 s)
     worst = max((f["p99_ms"] for name, f in families.items() if name != "embeddings" and f["probes"]), default=None)
-    embeddings = families.get("embeddings", {}).get("p99_ms") if families.get("embeddings", {}).get("probes") else None
+    published = families.get("embeddings", {})
+    embeddings = published.get("p99_ms") if published.get("probes") else None
     period_ms = Settings().learning.publish_every_s * 1000
     return [
         ("≥ 20,000 events/s end to end, every family on, 1 worker", _get(ingest, "variants", "worker-1p", "median_eps"),
